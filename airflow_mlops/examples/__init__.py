@@ -1,0 +1,1 @@
+"""Small, self-contained models for the example DAGs, tests and benchmarks (``examples`` extra)."""
