@@ -47,9 +47,8 @@ def auth_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def client(auth_env: None, airflow_home: Path) -> Iterator[Any]:
     """A test client on the real API server app (core apps: plugins, auth manager, UI)."""
-    from fastapi.testclient import TestClient
-
     from airflow.api_fastapi.app import create_app, purge_cached_app
+    from fastapi.testclient import TestClient
 
     purge_cached_app()
     with TestClient(create_app(apps="core")) as test_client:
