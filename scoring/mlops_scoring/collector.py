@@ -61,10 +61,10 @@ _WARN_INTERVAL_SECONDS = 30.0
 
 
 def _segment(value: Any, default: str) -> str:
-    """Make one path segment of a key: no separators, no ``..``, never empty."""
+    """Make one path segment of a key: no separators, not hidden (no ``..``), never empty."""
     text = str(value) if value is not None and value != "" else default
     text = "".join(c if c in _SAFE else "_" for c in text)
-    return "_" if text in (".", "..") else text
+    return "_" + text[1:] if text.startswith(".") else text
 
 
 def _iso(ts: float) -> str:
@@ -317,6 +317,7 @@ class Collector:
                 time.sleep(min(delay, remaining))
             else:
                 self._stop.wait(delay)  # close() cuts the backoff short
+        self._report_drops()
         self._give_up_remaining()
 
     def _drain(self) -> bool:
