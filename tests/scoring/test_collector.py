@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-
 from mlops_scoring.collector import Collector, ModelDataCollector, current_request_id, set_current
 from mlops_scoring.sinks import AzureBlobSink, LocalFolderSink, SinkUnavailable, open_sink
 
@@ -247,7 +246,9 @@ def test_unwritable_folder_keeps_the_backlog_and_recovers(
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the sink wants a folder")
     root = blocker / "data"
-    collector = fast_retries(Collector(service="svc", sink=root, max_buffer=40, flush_rows=5, flush_seconds=0.01))
+    collector = fast_retries(
+        Collector(service="svc", sink=root, max_buffer=40, flush_rows=5, flush_seconds=0.01)
+    )
     with caplog.at_level(logging.WARNING, logger="mlops_scoring.collector"):
         collector.start()
         for i in range(100):

@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from mlops_scoring.collector import Collector, ModelDataCollector, set_current
 from mlops_scoring.sinks import AzureBlobSink, open_sink
 
@@ -89,7 +88,13 @@ def test_blobs_appear_with_layout_names_and_content(azurite_connection_string: s
         "latency_ms": 0.5,
     }
     assert by_id["c-1"]["data"] == [[7]] and by_id["c-1"]["designation"] == "predictions"
-    assert collector.stats() == {"collected": 26, "written": 26, "dropped": 0, "buffered": 0, "sink_errors": 0}
+    assert collector.stats() == {
+        "collected": 26,
+        "written": 26,
+        "dropped": 0,
+        "buffered": 0,
+        "sink_errors": 0,
+    }
 
 
 def test_existing_container_and_sas_account_url(azurite_connection_string: str) -> None:
