@@ -1,0 +1,214 @@
+"""Run model calls on one worker thread, gathering concurrent ONNX requests into batches.
+
+The event loop never runs the model. Each request hands its job to a :class:`Runner` and
+awaits a future; a single thread runs jobs and resolves the futures back on the loop with
+one ``call_soon_threadsafe`` per batch. While the thread is busy, new requests pile up;
+when it frees, it takes all of them (up to ``max_batch_size`` rows) at once. That greedy
+rule batches under load and adds no delay to a lone request. ``max_batch_delay_us`` > 0
+additionally holds the first request of an idle runner up to that long to let a batch fill.
+
+All bookkeeping (the pending deque, the busy flag) is touched on the loop thread only, so
+no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mlops_scoring.errors import Unavailable
+
+__all__ = ["Job", "Runner", "stack_and_split"]
+
+log = logging.getLogger(__name__)
+
+
+class Job:
+    """One request's work: its payload, row count, deadline to start, and its future."""
+
+    __slots__ = ("deadline", "future", "payload", "rows", "started")
+
+    def __init__(self, payload: Any, rows: int, future: asyncio.Future[Any], deadline: float) -> None:
+        self.payload = payload
+        self.rows = rows
+        self.future = future
+        self.deadline = deadline
+        self.started = 0.0  # monotonic time the model call began; 0 while queued
+
+
+class Runner:
+    """A serial worker thread, optionally batching.
+
+    :param call: runs one job's payload (``batch_call`` is None) or is unused
+    :param batch_call: runs a list of payloads stacked into one call and returns one result
+        per payload, in order; when given, jobs are batched
+    :param max_batch_size: most rows per batch (a single larger request still runs alone)
+    :param max_batch_delay_us: how long an idle runner waits for a batch to fill
+    :param on_batch: told each batch's job count (for the batch-size histogram)
+    """
+
+    def __init__(
+        self,
+        *,
+        call: Callable[[Any], Any] | None = None,
+        batch_call: Callable[[list[Any]], list[Any]] | None = None,
+        max_batch_size: int = 1,
+        max_batch_delay_us: int = 0,
+        on_batch: Callable[[int, int], None] | None = None,
+        name: str = "mlops-runner",
+    ) -> None:
+        if call is None and batch_call is None:
+            raise ValueError("a Runner needs call or batch_call")
+        self._call = call
+        self._batch_call = batch_call
+        self._max_rows = max_batch_size if batch_call is not None else 1
+        self._delay = max_batch_delay_us / 1e6
+        self._on_batch = on_batch
+        self._pending: deque[Job] = deque()
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._started = False
+
+    @property
+    def depth(self) -> int:
+        """Return how many jobs wait for the thread."""
+        return len(self._pending)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the worker thread; results are delivered on ``loop``."""
+        self._loop = loop
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the thread finish its current job and exit."""
+        if self._started:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+
+    def submit(self, payload: Any, rows: int, deadline: float) -> Job:
+        """Queue a job and return it; await ``job.future`` (call on the loop thread)."""
+        loop = self._loop
+        assert loop is not None, "start() first"
+        job = Job(payload, rows, loop.create_future(), deadline)
+        self._pending.append(job)
+        if not self._busy:
+            if self._delay and self._timer is None and len(self._pending) < self._max_rows:
+                self._timer = loop.call_later(self._delay, self._dispatch)
+            elif self._delay == 0 or len(self._pending) >= self._max_rows:
+                self._dispatch()
+        return job
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._busy or not self._pending:
+            return
+        now = time.monotonic()
+        batch: list[Job] = []
+        rows = 0
+        pending = self._pending
+        while pending:
+            job = pending[0]
+            if job.future.done():  # its caller timed out or went away
+                pending.popleft()
+                continue
+            if job.deadline < now:
+                pending.popleft()
+                job.future.set_exception(
+                    Unavailable("the request waited too long for the model", code="queue_timeout")
+                )
+                continue
+            if batch and rows + job.rows > self._max_rows:
+                break
+            pending.popleft()
+            job.started = now
+            batch.append(job)
+            rows += job.rows
+        if not batch:
+            return
+        self._busy = True
+        self._jobs.put(batch)
+
+    def _work(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            batch = self._jobs.get()
+            if batch is None:
+                return
+            try:
+                if self._batch_call is not None:
+                    results: list[Any] = self._batch_call([j.payload for j in batch])
+                else:
+                    assert self._call is not None
+                    results = [self._call(batch[0].payload)]
+                error: BaseException | None = None
+            except Exception as e:
+                results, error = [], e
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, results, error)
+            except RuntimeError:  # the loop closed under us: nobody waits any more
+                return
+
+    def _deliver(self, batch: list[Job], results: list[Any], error: BaseException | None) -> None:
+        self._busy = False
+        if self._on_batch is not None:
+            self._on_batch(len(batch), sum(j.rows for j in batch))
+        for i, job in enumerate(batch):
+            fut = job.future
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(results[i])
+        if self._pending:
+            if self._delay and len(self._pending) < self._max_rows and self._timer is None:
+                self._timer = self._loop.call_later(self._delay, self._dispatch)  # type: ignore[union-attr]
+            else:
+                self._dispatch()
+
+
+def stack_and_split(
+    run: Callable[[dict[str, np.ndarray]], dict[str, Any]],
+) -> Callable[[list[tuple[dict[str, np.ndarray], int]]], list[dict[str, Any]]]:
+    """Return a batch call: concatenate every input along rows, run once, slice outputs back.
+
+    Outputs whose first dimension equals the total row count are sliced per request;
+    anything else (a scalar, a per-batch summary) is handed whole to every request.
+    """
+
+    def call(payloads: list[tuple[dict[str, np.ndarray], int]]) -> list[dict[str, Any]]:
+        if len(payloads) == 1:
+            return [run(payloads[0][0])]
+        names = payloads[0][0].keys()
+        feeds = {n: np.concatenate([p[0][n] for p in payloads]) for n in names}
+        total = sum(p[1] for p in payloads)
+        outputs = run(feeds)
+        results: list[dict[str, Any]] = [{} for _ in payloads]
+        for name, value in outputs.items():
+            if len(value) == total if hasattr(value, "__len__") else False:
+                start = 0
+                for i, (_, rows) in enumerate(payloads):
+                    results[i][name] = value[start : start + rows]
+                    start += rows
+            else:
+                for r in results:
+                    r[name] = value
+        return results
+
+    return call

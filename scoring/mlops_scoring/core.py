@@ -1,0 +1,84 @@
+"""The framework-free core: bytes in, model inputs out; model outputs in, bytes out.
+
+Nothing here knows about ASGI, sockets or the event loop, so each function can run on the
+loop (small bodies) or in a thread (large ones) and be tested alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlops_scoring.errors import BadJson, BadRequest
+from mlops_scoring.inputs import feeds_from_invocations, feeds_from_score
+from mlops_scoring.models import TensorSpec
+
+__all__ = ["decode_text", "encode_outputs", "encode_result", "parse_json", "parse_onnx_request"]
+
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _default(obj: Any) -> Any:
+    """Serialise what orjson does not: non-contiguous or object arrays, numpy scalars, sets."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, bytes):
+        import base64
+
+        return base64.b64encode(obj).decode()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body.
+
+    :raises BadJson: not JSON, or not UTF-8
+    """
+    if not body:
+        raise BadJson("the body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadJson(f"the body is not valid JSON: {e.msg} at position {e.pos}") from e
+
+
+def parse_onnx_request(
+    route: str, body: bytes, specs: Sequence[TensorSpec]
+) -> tuple[Any, dict[str, np.ndarray], int]:
+    """Return ``(parsed JSON, feeds, rows)`` for ``/score`` or ``/invocations``."""
+    doc = parse_json(body)
+    if route == "/invocations":
+        feeds, rows = feeds_from_invocations(doc, specs)
+    else:
+        feeds, rows = feeds_from_score(doc, specs)
+    return doc, feeds, rows
+
+
+def encode_outputs(route: str, outputs: dict[str, Any]) -> bytes:
+    """Return the JSON body for named model outputs (``/invocations`` wraps them)."""
+    payload: Any = {"predictions": outputs} if route == "/invocations" else outputs
+    return orjson.dumps(payload, default=_default, option=_DUMPS_OPTIONS)
+
+
+def encode_result(route: str, result: Any) -> bytes:
+    """Return the JSON body for an entry script's ``run()`` result (JSON-encoded as is)."""
+    payload: Any = {"predictions": result} if route == "/invocations" else result
+    return orjson.dumps(payload, default=_default, option=_DUMPS_OPTIONS)
+
+
+def decode_text(body: bytes) -> str:
+    """Decode a body for an entry script's ``run(raw_data: str)``.
+
+    :raises BadRequest: the body is not UTF-8
+    """
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest("the body is not UTF-8 text") from e
