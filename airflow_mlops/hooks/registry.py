@@ -284,7 +284,10 @@ class MlflowRegistryHook(BaseHook):
             with self._auth():
                 return fn()
         except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            missing = e.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                e.error_code == "INVALID_PARAMETER_VALUE" and "not found" in e.message.lower()
+            )
+            if missing:
                 target = f"model {name!r}" + (f" version {version}" if version is not None else "")
                 raise ModelNotFound(f"{target} not found in {self.settings.registry_uri}: {e.message}") from e
             raise RegistryError(f"{what} failed at {self.settings.registry_uri}: {e.message}") from e
