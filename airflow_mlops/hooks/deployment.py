@@ -27,6 +27,7 @@ from airflow_mlops.config import DeploymentConfig
 from airflow_mlops.constants import ServiceState, mlops_home
 from airflow_mlops.exceptions import (
     ConfigError,
+    DeploymentError,
     DeploymentFailed,
     DeploymentNotFound,
     HealthTimeout,
@@ -211,6 +212,12 @@ class DeploymentHook(BaseHook):
         :param keys: keys to use instead of fresh ones.
         :param environment: extra environment variables for the service.
         """
+        # Checked before marking: marking then releasing for a duplicate would drop the
+        # running deployment's own marks.
+        if self.service_exists(name):
+            raise DeploymentError(
+                f"service {name!r} already exists on {self.target_name}; update or delete it", service=name
+            )
         root, refs = self._download(name, models)
         spec = ServiceSpec(
             name=name,
