@@ -46,9 +46,11 @@ class Server:
         return self.proc.wait(timeout)
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> Server:
-    """Start the service with ``args`` (plus a free ``--port``) and wait for ``Listening on``."""
-    port = free_port()
+def start_server(
+    *args: str, env: dict[str, str] | None = None, port: int | None = None, timeout: float = 60.0
+) -> Server:
+    """Start the service with ``args`` (plus ``--port``, free by default) and wait for ``Listening on``."""
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "AZUREML_"))}
     full_env.update(env or {})
     proc = subprocess.Popen(
