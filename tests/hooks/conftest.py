@@ -54,7 +54,8 @@ def mlflow_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{database}"')
     parts = urlsplit(postgres_url)
-    backend = f"postgresql://{parts.netloc}/{database}"
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the dev install ships psycopg2.
+    backend = f"postgresql+psycopg2://{parts.netloc}/{database}"
     tmp = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     log = tmp / "server.log"
