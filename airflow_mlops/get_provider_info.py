@@ -62,5 +62,5 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_mlops.triggers.health"],
             }
         ],
-        "extra-links": [],
+        "extra-links": ["airflow_mlops.operators.deploy.ScoringServiceLink"],
     }
