@@ -27,6 +27,30 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "connection-type": "mlflow",
                 "hook-class-name": "airflow_mlops.hooks.registry.MlflowRegistryHook",
+                "hook-name": "MLflow Model Registry",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port"],
+                    "relabeling": {
+                        "host": "Tracking URI",
+                        "login": "Username (basic auth, optional)",
+                        "password": "Password (basic auth, optional)",
+                    },
+                    "placeholders": {"host": "http://mlflow.example:5000"},
+                },
+                "conn-fields": {
+                    "registry_uri": {
+                        "label": "Registry URI (optional)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "token": {
+                        "label": "Bearer token (optional)",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "insecure_tls": {
+                        "label": "Skip TLS verification",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                },
             },
         ],
         "hooks": [

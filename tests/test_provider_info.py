@@ -39,8 +39,26 @@ def test_connection_type_matches_the_hook() -> None:
     (conn,) = [c for c in info["connection-types"] if c["connection-type"] == MlflowRegistryHook.conn_type]
     module, _, cls = conn["hook-class-name"].rpartition(".")
     assert getattr(importlib.import_module(module), cls) is MlflowRegistryHook
+    # Airflow 3.2+ reads the form from provider info; the hook's classmethod must say the same.
     behaviour = MlflowRegistryHook.get_ui_field_behaviour()
-    assert behaviour["relabeling"]["host"] == "Tracking URI"
+    assert conn["hook-name"] == MlflowRegistryHook.hook_name
+    assert conn["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]
+    assert conn["ui-field-behaviour"]["hidden-fields"] == behaviour["hidden_fields"]
+    assert set(conn["conn-fields"]) == {"registry_uri", "token", "insecure_tls"}
+    assert conn["conn-fields"]["token"]["schema"]["format"] == "password"  # masked in the UI
+
+
+def test_the_connection_form_reaches_airflow() -> None:
+    """Airflow's providers manager picks up the labels and extra fields without importing wtforms."""
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert manager.field_behaviours["mlflow"]["relabeling"]["host"] == "Tracking URI"
+    widgets = manager.connection_form_widgets
+    assert {"extra__mlflow__registry_uri", "extra__mlflow__token", "extra__mlflow__insecure_tls"} <= set(
+        widgets
+    )
+    assert widgets["extra__mlflow__token"].is_sensitive
 
 
 @pytest.mark.slow
