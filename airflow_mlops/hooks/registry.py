@@ -552,6 +552,14 @@ class MlflowRegistryHook(BaseHook):
                     return found
 
         versions = [self._version_dict(mv) for mv in self._call("searching model versions", search)]
+        # MLflow's version search leaves aliases out; read them once per model.
+        for model in {v["name"] for v in versions if not v["aliases"]}:
+            aliases = self._call(
+                f"reading aliases of {model}", lambda m=model: self.client.get_registered_model(m).aliases
+            )
+            for v in versions:
+                if v["name"] == model:
+                    v["aliases"] = sorted(a for a, n in (aliases or {}).items() if str(n) == v["version"])
         # The filter above narrows; this makes matching exact whatever MLflow's filter grammar does.
         versions = [
             v

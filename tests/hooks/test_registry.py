@@ -127,8 +127,10 @@ def test_search_by_name_and_tags(hook: MlflowRegistryHook, model_name: str, mode
     hook.register_model(model_name, model_dir, tags={"team": "theirs", "data set": "a"})
     hook.register_model(f"{model_name}-other", model_dir, tags={"team": "it's ours"})
 
+    hook.set_alias(model_name, "champion", 1)
     by_name = hook.search_model_versions(name=model_name)
     assert [v["version"] for v in by_name] == ["2", "1"]
+    assert [v["aliases"] for v in by_name] == [[], ["champion"]]
     assert {v["name"] for v in by_name} == {model_name}
     ours = hook.search_model_versions(name=model_name, tags={"team": "it's ours"})
     assert [v["version"] for v in ours] == ["1"]
