@@ -529,7 +529,7 @@ class LocalTarget(DeploymentTarget):
             shutil.rmtree(self._service_dir(name), ignore_errors=True)
 
     def _states(self) -> list[dict[str, Any]]:
-        states = []
+        states: list[dict[str, Any]] = []
         if not self.home.is_dir():
             return states
         for path in sorted(self.home.glob("*.json")):
