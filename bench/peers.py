@@ -11,6 +11,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -110,6 +111,12 @@ class Server:
 
 
 _RUNNING: list[Server] = []
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark dies without cleaning up (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -237,6 +244,7 @@ def start_server(
             env=env_vars,
             cwd=workdir,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     server = Server(variant, model, port, proc, log_path, key=key, workdir=workdir)
     _RUNNING.append(server)

@@ -316,6 +316,18 @@ def _markdown(results: dict[str, Any], s: dict[Key, dict[str, Any]], png_name: s
         + "."
     )
     lines += ["", f"![req/s and p99 per peer and concurrency]({png_name})", ""]
+    lines += [
+        "## Running it",
+        "",
+        "- `make bench`: the full run (3 repetitions of 10 s cells, every peer and scenario): about "
+        "20 minutes, plus about 5 minutes the first time to build the peers' venvs in `.bench/venvs/`. "
+        "Run it on a quiet machine.",
+        "- `.venv/bin/python bench/run.py --quick`: a 2-minute smoke run. Other flags: `--peers "
+        "ours,mlflow,azureml,inproc`, `--duration S`, `--warmup S`, `--reps N`, `--concurrency 1,16,64`, "
+        "`--rows 1,32`, `--scenarios compute,overload,collect,workers|none`, `--no-report`.",
+        "- `.venv/bin/python bench/report.py` re-renders this page from `.bench/results.json`.",
+        "",
+    ]
     lines += ["Raw figures of every repetition: `.bench/results.json` (not committed).", ""]
     return "\n".join(lines)
 

@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_wrk()
         (BENCH_HOME / "logs").mkdir(parents=True, exist_ok=True)
+        for old in (BENCH_HOME / "logs").glob("*.log"):
+            old.unlink()  # server logs of the last run (Azure ML logs every request)
         log("models")
         models = prepare_models(BENCH_HOME / "models", log=log)
         log("peer environments")
@@ -351,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         log(f"machine: {info['nproc']} cores, load {info['loadavg_start']}")
         groups = plan_groups(args, args.peers)
+        cells = sum(len(slot["variants"]) for g in groups for slot in g["slots"])
+        per_rep = cells * (args.duration + args.warmup) + 15 * len(groups)
+        log(f"plan: {cells} cells per repetition, about {args.reps * per_rep / 60:.0f} min of measuring")
         for rep in range(args.reps):
             log(f"repetition {rep + 1}/{args.reps}")
             for group in groups:
