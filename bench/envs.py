@@ -127,7 +127,7 @@ def prepare_env(name: str, root: Path, *, log=print) -> PeerEnv:
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return PeerEnv(name, path, ok=True, versions=_versions(path))
     started = time.monotonic()
-    log(f"  preparing venv {path.relative_to(REPO)} ({' '.join(requirements)})")
+    log(f"  preparing venv {path} ({' '.join(requirements)})")
     try:
         if not (path / "bin" / "python").exists():
             subprocess.run(

@@ -87,12 +87,11 @@ def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
     log("wrk not found: installing the Debian package")
-    cmd = ["apt-get", "install", "-y", "-q", "wrk"]
-    if os.geteuid() != 0:
-        cmd = ["sudo", "-n", *cmd]
-    if subprocess.run(cmd, check=False, capture_output=True).returncode != 0:
-        subprocess.run([*cmd[:-4], "apt-get", "update", "-q"], check=False, capture_output=True)
-        subprocess.run(cmd, check=True, capture_output=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    install = [*sudo, "apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, check=False, capture_output=True, timeout=600).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-q"], check=False, capture_output=True, timeout=600)
+        subprocess.run(install, check=True, capture_output=True, timeout=600)
 
 
 def machine() -> dict[str, Any]:
