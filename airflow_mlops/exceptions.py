@@ -12,7 +12,8 @@ The tree::
     │   ├── DeploymentNotFound
     │   ├── DeploymentFailed        the service reached ``Failed`` (carries state and log tail)
     │   ├── HealthTimeout           the service did not become ``Healthy`` in time
-    │   └── UpdateFailed            an in-place update was refused; the old version still serves
+    │   ├── UpdateFailed            an in-place update was refused; the old version still serves
+    │   └── UpdateNotVerified       after the switch, GET /version reports something else
     └── MonitoringError             collected data or drift could not be read or computed
 
 Each carries the context a person needs to act (service, state, log tail, remote reason).
@@ -33,6 +34,7 @@ __all__ = [
     "MonitoringError",
     "RegistryError",
     "UpdateFailed",
+    "UpdateNotVerified",
 ]
 
 
@@ -123,6 +125,17 @@ class UpdateFailed(DeploymentError):
         if log_tail:
             message += f"\n--- new version log tail ---\n{log_tail}"
         super().__init__(message, service=service)
+
+
+class UpdateNotVerified(DeploymentError):
+    """After the switch, the service does not report what was deployed (stale or rolled back)."""
+
+    def __init__(self, service: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"update of service {service!r} switched traffic but could not be verified: {reason}",
+            service=service,
+        )
 
 
 class MonitoringError(MlopsError):

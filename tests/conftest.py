@@ -109,3 +109,16 @@ def azurite_connection_string() -> str:
         up = sock.connect_ex(("127.0.0.1", 10000)) == 0
     require(up, "Azurite at 127.0.0.1:10000")
     return AZURITE_CONNECTION_STRING
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop any local service a failed test left running, then remove the session's home."""
+    try:
+        from airflow_mlops.targets.local import LocalTarget
+
+        target = LocalTarget()
+        for info in target.list():
+            target.delete(info.name)
+    except Exception as e:  # cleanup must not mask the test outcome
+        print(f"conftest: could not stop leftover local services: {e}")
+    shutil.rmtree(_HOME, ignore_errors=True)

@@ -32,7 +32,7 @@ from airflow_mlops.exceptions import (
     DeploymentNotFound,
     HealthTimeout,
     RegistryError,
-    UpdateFailed,
+    UpdateNotVerified,
 )
 from airflow_mlops.targets import get_target
 from airflow_mlops.targets.base import (
@@ -262,8 +262,9 @@ class DeploymentHook(BaseHook):
         Anything not given is kept from the running deployment. After the switch the
         service's ``GET /version`` must report the new models (and ``manifest_hash``).
 
-        :raises UpdateFailed: the new version did not come up (the old one still serves) or
-            reports something else than was deployed.
+        :raises UpdateFailed: the new version did not come up (the old one still serves).
+        :raises UpdateNotVerified: after the switch, the service reports something else than
+            was deployed (a stale process or a silent rollback).
         """
         current = self.target.get(name)
         details = current.details or {}
@@ -315,13 +316,13 @@ class DeploymentHook(BaseHook):
             response.raise_for_status()
             doc = response.json()
         except (httpx.HTTPError, ValueError) as e:
-            raise UpdateFailed(info.name, f"GET /version failed after the switch: {e}") from e
+            raise UpdateNotVerified(info.name, f"GET /version failed after the switch: {e}") from e
         got = sorted((str(m.get("name")), str(m.get("version")), str(m.get("digest"))) for m in doc["models"])
         want = sorted((r.name, r.version, r.digest) for r in refs)
         if got != want:
-            raise UpdateFailed(info.name, f"GET /version reports models {got}, expected {want}")
+            raise UpdateNotVerified(info.name, f"GET /version reports models {got}, expected {want}")
         if manifest_hash and doc.get("manifest_hash") != manifest_hash:
-            raise UpdateFailed(
+            raise UpdateNotVerified(
                 info.name,
                 f"GET /version reports manifest {doc.get('manifest_hash')}, expected {manifest_hash}",
             )
