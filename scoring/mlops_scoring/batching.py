@@ -3,9 +3,14 @@
 The event loop never runs the model. Each request hands its job to a :class:`Runner` and
 awaits a future; a single thread runs jobs and resolves the futures back on the loop with
 one ``call_soon_threadsafe`` per batch. While the thread is busy, new requests pile up;
-when it frees, it takes all of them (up to ``max_batch_size`` rows) at once. That greedy
-rule batches under load and adds no delay to a lone request. ``max_batch_delay_us`` > 0
-additionally holds the first request of an idle runner up to that long to let a batch fill.
+when it frees, it takes them in arrival order (FIFO, so none starves) up to
+``max_batch_size`` rows at once. That greedy rule batches under load and adds no delay to a
+lone request. ``max_batch_delay_us`` > 0 additionally holds the first request of an idle
+runner up to that long to let a batch fill.
+
+Deadlines cost nothing per request: one sweeper timer, armed only while jobs are
+outstanding, fails queued jobs past their deadline (503 ``queue_timeout``) and a running
+batch past the scoring timeout (504 ``timeout``).
 
 All bookkeeping (the pending deque, the busy flag) is touched on the loop thread only, so
 no lock is needed.
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlops_scoring.errors import Unavailable
+from mlops_scoring.errors import ScoringTimeout, Unavailable
 
 __all__ = ["Job", "Runner", "stack_and_split"]
 
@@ -52,7 +57,9 @@ class Runner:
         per payload, in order; when given, jobs are batched
     :param max_batch_size: most rows per batch (a single larger request still runs alone)
     :param max_batch_delay_us: how long an idle runner waits for a batch to fill
-    :param on_batch: told each batch's job count (for the batch-size histogram)
+    :param on_batch: told each batch's job and row counts (for the batch-size histograms)
+    :param timeout: seconds a model call may run before its callers get a 504
+    :param sweep_seconds: how often outstanding jobs are checked against their deadlines
     """
 
     def __init__(
@@ -63,6 +70,8 @@ class Runner:
         max_batch_size: int = 1,
         max_batch_delay_us: int = 0,
         on_batch: Callable[[int, int], None] | None = None,
+        timeout: float = 60.0,
+        sweep_seconds: float = 0.02,
         name: str = "mlops-runner",
     ) -> None:
         if call is None and batch_call is None:
@@ -72,9 +81,15 @@ class Runner:
         self._max_rows = max_batch_size if batch_call is not None else 1
         self._delay = max_batch_delay_us / 1e6
         self._on_batch = on_batch
+        self._timeout = timeout
+        self._sweep_every = sweep_seconds
+        #: told the reason of every job the runner turns away (``queue_timeout``)
+        self.on_reject: Callable[[str], None] | None = None
         self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -104,12 +119,21 @@ class Runner:
         assert loop is not None, "start() first"
         job = Job(payload, rows, loop.create_future(), deadline)
         self._pending.append(job)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         if not self._busy:
-            if self._delay and self._timer is None and len(self._pending) < self._max_rows:
-                self._timer = loop.call_later(self._delay, self._dispatch)
-            elif self._delay == 0 or len(self._pending) >= self._max_rows:
+            if not self._delay or len(self._pending) >= self._max_rows:
                 self._dispatch()
+            elif self._timer is None:
+                self._timer = loop.call_later(self._delay, self._dispatch)
         return job
+
+    def _reject(self, job: Job) -> None:
+        if self.on_reject is not None:
+            self.on_reject("queue_timeout")
+        job.future.set_exception(
+            Unavailable("the request waited too long for the model", code="queue_timeout")
+        )
 
     def _dispatch(self) -> None:
         if self._timer is not None:
@@ -120,19 +144,18 @@ class Runner:
         now = time.monotonic()
         batch: list[Job] = []
         rows = 0
+        max_rows = self._max_rows
         pending = self._pending
         while pending:
             job = pending[0]
-            if job.future.done():  # its caller timed out or went away
+            if job.future.done():  # its caller went away
                 pending.popleft()
                 continue
             if job.deadline < now:
                 pending.popleft()
-                job.future.set_exception(
-                    Unavailable("the request waited too long for the model", code="queue_timeout")
-                )
+                self._reject(job)
                 continue
-            if batch and rows + job.rows > self._max_rows:
+            if batch and rows + job.rows > max_rows:
                 break
             pending.popleft()
             job.started = now
@@ -141,21 +164,47 @@ class Runner:
         if not batch:
             return
         self._busy = True
+        self._running = batch
         self._jobs.put(batch)
+
+    def _sweep(self) -> None:
+        """Fail what outlived its deadline; re-arm while anything is outstanding."""
+        self._sweeper = None
+        now = time.monotonic()
+        if self._pending:
+            alive: deque[Job] = deque()
+            for job in self._pending:
+                if job.future.done():
+                    continue
+                if job.deadline < now:
+                    self._reject(job)
+                    continue
+                alive.append(job)
+            self._pending = alive
+        running = self._running
+        if running and running[0].started + self._timeout < now:
+            error = f"the model did not answer within {self._timeout * 1000:.0f} ms"
+            for job in running:
+                if not job.future.done():
+                    job.future.set_exception(ScoringTimeout(error))
+        if self._pending or (self._busy and any(not j.future.done() for j in running)):
+            assert self._loop is not None
+            self._sweeper = self._loop.call_later(self._sweep_every, self._sweep)
 
     def _work(self) -> None:
         loop = self._loop
         assert loop is not None
+        batch_call, call = self._batch_call, self._call
         while True:
             batch = self._jobs.get()
             if batch is None:
                 return
             try:
-                if self._batch_call is not None:
-                    results: list[Any] = self._batch_call([j.payload for j in batch])
+                if batch_call is not None:
+                    results: list[Any] = batch_call([j.payload for j in batch])
                 else:
-                    assert self._call is not None
-                    results = [self._call(batch[0].payload)]
+                    assert call is not None
+                    results = [call(batch[0].payload)]
                 error: BaseException | None = None
             except Exception as e:
                 results, error = [], e
@@ -166,9 +215,11 @@ class Runner:
 
     def _deliver(self, batch: list[Job], results: list[Any], error: BaseException | None) -> None:
         self._busy = False
-        if self._on_batch is not None:
-            self._on_batch(len(batch), sum(j.rows for j in batch))
+        self._running = []
+        rows = 0
         for i, job in enumerate(batch):
+            rows += job.rows
+            job.payload = None
             fut = job.future
             if fut.done():
                 continue
@@ -176,6 +227,8 @@ class Runner:
                 fut.set_exception(error)
             else:
                 fut.set_result(results[i])
+        if self._on_batch is not None:
+            self._on_batch(len(batch), rows)
         if self._pending:
             if self._delay and len(self._pending) < self._max_rows and self._timer is None:
                 self._timer = self._loop.call_later(self._delay, self._dispatch)  # type: ignore[union-attr]

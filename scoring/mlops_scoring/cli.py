@@ -1,14 +1,14 @@
-"""``mlops-serve``: run the scoring service on granian.
+"""``mlops-serve``: run the scoring service on granian, through its native RSGI interface.
 
 The parent process checks the settings (failing loudly on a bad one), hands them to the
 workers through ``MLOPS_*`` env vars, and runs granian's process manager. Each worker builds
-the app with :func:`app_from_env` and loads the model in its lifespan start-up. A watcher
+the app with :func:`app_from_env` and loads the model in ``__rsgi_init__``. A watcher
 thread in the parent prints ``Listening on http://HOST:PORT`` once *this* instance answers
 ``/health/ready`` (it checks an instance token, so an old process still holding the port
 during a ``--reuse-port`` handover does not count).
 
-SIGTERM: granian stops accepting at once, lets in-flight requests finish, then runs the
-lifespan shutdown, which drains the queue, stops the model thread and closes the data
+SIGTERM: granian stops accepting at once, lets in-flight requests finish, then calls
+``__rsgi_del__``, which drains the queue, stops the model thread and closes the data
 collector. The process exits 0.
 """
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mlops_scoring.cli:app_from_env",
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
         workers=settings.workers,
         factory=True,
         backlog=2048,

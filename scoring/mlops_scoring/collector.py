@@ -1,9 +1,13 @@
 """The scoring service's data collector: sample, buffer, and flush records off the request path.
 
-The request path calls :meth:`Collector.should_sample` and :meth:`Collector.collect`; both
-are O(1) and never touch I/O (``collect`` appends to a deque under a lock held for a few
-hundred nanoseconds). One background thread turns buffered records into JSON Lines parts
-and writes them to a sink (:mod:`mlops_scoring.sinks`) under the shared layout::
+The request path calls :meth:`Collector.should_sample` and :meth:`Collector.collect_scored`
+(or :meth:`Collector.collect` for free-form records); all are O(1) and never touch I/O or
+serialise anything. ``collect_scored`` takes the request body and the encoded outputs as
+the bytes the server already has, and the flusher writes each line by concatenating them
+into the record (both are JSON documents, so the line is JSON): no record is decoded or
+re-encoded, which keeps the flusher's share of the GIL small. One background thread turns
+buffered records into JSON Lines parts and writes them to a sink
+(:mod:`mlops_scoring.sinks`) under the shared layout::
 
     <service>/<model>/<version>/<yyyy>/<mm>/<dd>/<hh>/<epoch_ms>-<pid>-<instance>-<seq>.jsonl
 
@@ -71,6 +75,23 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class _IsoClock:
+    """Format epoch seconds as ISO-8601 UTC bytes, formatting each whole second only once."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+
+    def __call__(self, ts: float) -> bytes:
+        second, micros = divmod(round(ts * 1_000_000), 1_000_000)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
+        return self._prefix + b"%06dZ" % micros
+
+
 def _to_jsonable(obj: Any) -> Any:
     """Convert what orjson cannot serialise natively (pandas, non-contiguous numpy, bytes, sets)."""
     if hasattr(obj, "columns") and hasattr(obj, "to_numpy"):  # a DataFrame: rows, columns are names
@@ -82,6 +103,14 @@ def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, set | frozenset):
         return list(obj)
     raise TypeError(f"cannot serialise a {type(obj).__module__}.{type(obj).__qualname__}")
+
+
+def _one_line(raw: bytes) -> bytes:
+    """Return ``raw`` as one line of JSON: re-encoded when it is JSON, else as a JSON string."""
+    try:
+        return orjson.dumps(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return orjson.dumps(raw.decode("utf-8", "replace"))
 
 
 @dataclass(slots=True)
@@ -157,7 +186,7 @@ class Collector:
         )
         self._versions: dict[str, str] = dict(model_versions or {})
 
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[dict[str, Any] | tuple[Any, ...]] = deque()
         self._lock = threading.Lock()
         self._collected = 0
         self._written = 0
@@ -174,6 +203,7 @@ class Collector:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
+        self._iso_clock = _IsoClock()
         self._instance = os.urandom(3).hex()  # containers all run as pid 1: keep part names unique
         self._seq = itertools.count()
         self._reported_drops = 0
@@ -205,6 +235,43 @@ class Collector:
         ``outputs``, ``latency_ms``; other keys are written as given. The record is
         serialised later on the flusher thread, so callers must not mutate it afterwards.
         """
+        with self._lock:
+            if self._closed or self._buffered >= self.max_buffer:
+                self._dropped += 1
+                self._collected += 1
+                return
+            self._queue.append(record)
+            self._buffered += 1
+            self._collected += 1
+            queued = len(self._queue)
+        if queued == self.flush_rows:
+            self._wake.set()
+
+    def collect_scored(
+        self,
+        request_id: str,
+        ts: float,
+        model: str,
+        version: str,
+        inputs: bytes,
+        outputs: bytes,
+        latency_ms: float,
+        inputs_are_json: bool = True,
+    ) -> None:
+        """Queue one scored request as the bytes the server read and wrote; never blocks on I/O.
+
+        :param request_id: the request's id
+        :param ts: epoch seconds
+        :param model: the model name
+        :param version: the model version
+        :param inputs: the request body, a JSON document as sent (or, with
+            ``inputs_are_json=False``, text an entry script received, written as a JSON
+            string unless it parses as JSON)
+        :param outputs: the encoded outputs, a JSON document
+        :param latency_ms: the time from request start to response, ms
+        :param inputs_are_json: whether ``inputs`` is known to be one valid JSON document
+        """
+        record = (request_id, ts, model, version, inputs, outputs, latency_ms, inputs_are_json)
         with self._lock:
             if self._closed or self._buffered >= self.max_buffer:
                 self._dropped += 1
@@ -345,17 +412,54 @@ class Collector:
                         self._buffered -= part.records
                         self._written += part.records
 
-    def _next_batch(self) -> list[dict[str, Any]]:
+    def _next_batch(self) -> list[dict[str, Any] | tuple[Any, ...]]:
         queue = self._queue
         # Single consumer: popleft is atomic, no lock needed against collect()'s append.
         return [queue.popleft() for _ in range(min(self.flush_rows, len(queue)))]
 
-    def _encode(self, batch: list[dict[str, Any]]) -> list[_Part]:
+    def _encode(self, batch: list[dict[str, Any] | tuple[Any, ...]]) -> list[_Part]:
         """Serialise a batch into one part per (model, version, UTC hour)."""
         groups: dict[tuple[str, str, int], list[bytes]] = {}
         bad = 0
         now = time.time()
+        heads: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+        service_json = orjson.dumps(self.service)
+        iso = self._iso_clock
         for record in batch:
+            if type(record) is tuple:
+                request_id, ts, model_name, version_name, inputs, outputs, latency_ms, checked = record
+                head = heads.get((model_name, version_name))
+                if head is None:
+                    model, version = _segment(model_name, "unknown"), _segment(version_name, "unknown")
+                    middle = b',"service":%s,"model":%s,"version":%s,"inputs":' % (
+                        service_json,
+                        orjson.dumps(model),
+                        orjson.dumps(version),
+                    )
+                    head = heads[(model_name, version_name)] = (model, version, middle)
+                model, version, middle = head
+                if not checked or b"\n" in inputs or b"\r" in inputs:
+                    inputs = _one_line(inputs)
+                if b"\n" in outputs:
+                    outputs = orjson.dumps(orjson.loads(outputs))
+                line = b"".join(
+                    (
+                        b'{"request_id":',
+                        orjson.dumps(request_id),
+                        b',"ts":"',
+                        iso(ts),
+                        b'"',
+                        middle,
+                        inputs,
+                        b',"outputs":',
+                        outputs,
+                        b',"latency_ms":',
+                        orjson.dumps(latency_ms),
+                        b"}\n",
+                    )
+                )
+                groups.setdefault((model, version, int(ts // 3600)), []).append(line)
+                continue
             ts = record.get("ts")
             if not isinstance(ts, int | float):
                 ts = now

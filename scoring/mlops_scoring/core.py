@@ -16,7 +16,14 @@ from mlops_scoring.errors import BadJson, BadRequest
 from mlops_scoring.inputs import feeds_from_invocations, feeds_from_score
 from mlops_scoring.models import TensorSpec
 
-__all__ = ["decode_text", "encode_outputs", "encode_result", "parse_json", "parse_onnx_request"]
+__all__ = [
+    "decode_text",
+    "encode_outputs",
+    "encode_result",
+    "parse_json",
+    "parse_onnx_request",
+    "wrap_predictions",
+]
 
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -51,20 +58,22 @@ def parse_json(body: bytes) -> Any:
 
 def parse_onnx_request(
     route: str, body: bytes, specs: Sequence[TensorSpec]
-) -> tuple[Any, dict[str, np.ndarray], int]:
-    """Return ``(parsed JSON, feeds, rows)`` for ``/score`` or ``/invocations``."""
+) -> tuple[dict[str, np.ndarray], int]:
+    """Return ``(feeds, rows)`` for a ``/score`` or ``/invocations`` body."""
     doc = parse_json(body)
     if route == "/invocations":
-        feeds, rows = feeds_from_invocations(doc, specs)
-    else:
-        feeds, rows = feeds_from_score(doc, specs)
-    return doc, feeds, rows
+        return feeds_from_invocations(doc, specs)
+    return feeds_from_score(doc, specs)
 
 
-def encode_outputs(route: str, outputs: dict[str, Any]) -> bytes:
-    """Return the JSON body for named model outputs (``/invocations`` wraps them)."""
-    payload: Any = {"predictions": outputs} if route == "/invocations" else outputs
-    return orjson.dumps(payload, default=_default, option=_DUMPS_OPTIONS)
+def encode_outputs(outputs: dict[str, Any]) -> bytes:
+    """Return the JSON document of named model outputs (the ``/score`` response body)."""
+    return orjson.dumps(outputs, default=_default, option=_DUMPS_OPTIONS)
+
+
+def wrap_predictions(outputs: bytes) -> bytes:
+    """Return the ``/invocations`` body ``{"predictions": <outputs>}`` around encoded outputs."""
+    return b'{"predictions":' + outputs + b"}"
 
 
 def encode_result(route: str, result: Any) -> bytes:

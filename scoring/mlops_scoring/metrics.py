@@ -1,8 +1,9 @@
 """Prometheus metrics, kept cheap enough for the request path.
 
 Counters and histogram buckets are plain ints updated on the event-loop thread (the GIL
-makes each update atomic; nothing else writes them), so recording costs a dict lookup
-and a ``bisect``. The text exposition is built only when ``/metrics`` is scraped.
+makes each update atomic; nothing else writes them). A successful scoring request costs
+one counter increment, one ``bisect`` on a precomputed bound list and two additions
+(:meth:`Metrics.record_ok`). The text exposition is built only when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
@@ -74,9 +75,22 @@ class Metrics:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self.rejections: dict[str, int] = {}
-        self.in_flight = 0
+        self.in_flight: Callable[[], int] = lambda: 0
         self.queue_depth: Callable[[], int] = lambda: 0
         self.collector_stats: Callable[[], dict[str, int]] | None = None
+        # The scoring routes' 200 counters and histograms exist up front: no lookups to create them.
+        self._ok: dict[str, list[int]] = {}
+        for route in ("/score", "/invocations"):
+            self._ok[route] = [0]
+            self.latency[route] = Histogram(LATENCY_BUCKETS)
+
+    def record_ok(self, route: str, seconds: float) -> None:
+        """Count one successful scoring request (``/score`` or ``/invocations``) and its latency."""
+        self._ok[route][0] += 1
+        hist = self.latency[route]
+        hist.counts[bisect.bisect_left(hist.bounds, seconds)] += 1
+        hist.sum += seconds
+        hist.count += 1
 
     def record(self, route: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency."""
@@ -104,13 +118,19 @@ class Metrics:
             f"# HELP {p}requests_total Requests answered, by route and status.",
             f"# TYPE {p}requests_total counter",
         ]
-        for (route, status), n in sorted(self.requests.items()):
+        counts = dict(self.requests)
+        for route, (n,) in self._ok.items():
+            if n:
+                counts[(route, 200)] = counts.get((route, 200), 0) + n
+        for (route, status), n in sorted(counts.items()):
             lines.append(f'{p}requests_total{{route="{route}",status="{status}"}} {n}')
         lines += [
             f"# HELP {p}request_duration_seconds Time from request start to response, by route.",
             f"# TYPE {p}request_duration_seconds histogram",
         ]
         for route, hist in sorted(self.latency.items()):
+            if not hist.count:
+                continue
             lines += hist.lines(f"{p}request_duration_seconds", f'route="{route}",')
         lines += [
             f"# HELP {p}batch_size_requests Requests per model call (dynamic batching).",
@@ -124,7 +144,7 @@ class Metrics:
             f"{p}queue_depth {self.queue_depth()}",
             f"# HELP {p}in_flight Requests being processed.",
             f"# TYPE {p}in_flight gauge",
-            f"{p}in_flight {self.in_flight}",
+            f"{p}in_flight {self.in_flight()}",
             f"# HELP {p}rejections_total Requests turned away for load, by reason.",
             f"# TYPE {p}rejections_total counter",
         ]

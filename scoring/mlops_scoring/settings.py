@@ -57,13 +57,13 @@ class Settings:
     max_queue: int = 1024
     max_wait_ms: float = 5000.0
     scoring_timeout_ms: float = 60000.0
-    max_batch_size: int = 64
+    max_batch_size: int = 256
     max_batch_delay_us: int = 0
     max_body_bytes: int = 10 * 1024 * 1024
     collect_sink: str | None = None
     collect_sampling: float = 1.0
     collect_azure_connection_string: str | None = dataclasses.field(default=None, repr=False)
-    ort_threads: int = 1
+    ort_threads: int = 0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -78,7 +78,7 @@ class Settings:
             ("max-batch-delay-us", self.max_batch_delay_us >= 0),
             ("max-body-bytes", self.max_body_bytes >= 1),
             ("collect-sampling", 0.0 <= self.collect_sampling <= 1.0),
-            ("ort-threads", self.ort_threads >= 1),
+            ("ort-threads", self.ort_threads >= 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -232,11 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=_positive_int, help="requests waiting for a slot (1024)")
     p.add_argument("--max-wait-ms", type=float, help="longest wait for a slot or a batch, ms (5000)")
     p.add_argument("--scoring-timeout-ms", type=float, help="longest model run before a 504, ms (60000)")
-    p.add_argument("--max-batch-size", type=_positive_int, help="most rows per dynamic batch (64)")
+    p.add_argument("--max-batch-size", type=_positive_int, help="most rows per dynamic batch (256)")
     p.add_argument("--max-batch-delay-us", type=_positive_int, help="longest wait to fill a batch, µs (0)")
     p.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (10 MiB)")
     p.add_argument("--collect-sink", help="folder, file:// URL or azureblob://<container>/<prefix>")
     p.add_argument("--collect-sampling", type=float, help="fraction of requests collected, 0..1 (1)")
-    p.add_argument("--ort-threads", type=_positive_int, help="onnxruntime intra-op threads (1)")
+    p.add_argument(
+        "--ort-threads",
+        type=_positive_int,
+        help="onnxruntime intra-op threads (0: 1 for a cheap model, one per core for a compute-bound one)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (info)")
     return p
