@@ -138,7 +138,7 @@ def profile_dataset(
 
 def _check(profile: dict[str, Any]) -> None:
     if not isinstance(profile, dict) or profile.get("kind") != BASELINE_KIND:
-        raise MonitoringError("not an airflow-mlops baseline profile (see monitoring.baseline.profile_dataset)")
+        raise MonitoringError("not an airflow-mlops baseline profile (see baseline.profile_dataset)")
 
 
 def baseline_feature_names(profile: dict[str, Any]) -> list[str]:

@@ -151,7 +151,10 @@ class DriftResult:
         order = sorted(self.features, key=lambda f: (not f.drifted, -_key(f.psi), -_key(f.ks_statistic)))
         shown = order if limit is None else order[:limit]
         width = max([len("feature")] + [len(f.name) for f in shown])
-        head = f"{'feature':<{width}}  {'psi':>8}  {'ks_stat':>8}  {'ks_p':>9}  {'base_mean':>10}  {'cur_mean':>10}  drift"
+        head = (
+            f"{'feature':<{width}}  {'psi':>8}  {'ks_stat':>8}  {'ks_p':>9}  "
+            f"{'base_mean':>10}  {'cur_mean':>10}  drift"
+        )
         lines = [head, "-" * len(head)]
         for f in shown:
             lines.append(
@@ -209,7 +212,8 @@ def kolmogorov_sf(x: np.ndarray | float) -> np.ndarray:
     small = (x > 0) & ~big
     if small.any():
         xs = x[small][None, :]
-        cdf = math.sqrt(2 * math.pi) / xs[0] * np.sum(np.exp(-((2 * k - 1) ** 2) * math.pi**2 / (8 * xs**2)), axis=0)
+        terms = np.exp(-((2 * k - 1) ** 2) * math.pi**2 / (8 * xs**2))
+        cdf = math.sqrt(2 * math.pi) / xs[0] * np.sum(terms, axis=0)
         out[small] = 1.0 - cdf
     return np.clip(out, 0.0, 1.0)
 
@@ -273,7 +277,10 @@ def _references(profile: dict[str, Any]) -> list[_Reference]:
     return refs
 
 
-def _column(col: np.ndarray, ref: _Reference, epsilon: float) -> tuple[float, float, float, float | None, int]:
+_ColumnStats = tuple[float, float, float, float | None, int]
+
+
+def _column(col: np.ndarray, ref: _Reference, epsilon: float) -> _ColumnStats:
     """Return ``psi, D, p-value, mean, count`` of one current column."""
     s = np.sort(col)
     m = int(np.searchsorted(s, np.nan, side="left")) if s.dtype.kind == "f" else len(s)
@@ -339,7 +346,7 @@ def compute_drift(
     if ks_pvalue is not None:
         alpha = ks_pvalue / len(names) if bonferroni and names else ks_pvalue
 
-    def one(j: int) -> tuple[float, float, float, float | None, int]:
+    def one(j: int) -> _ColumnStats:
         return _column(arr[:, j], refs[j], epsilon)
 
     n_workers = workers or min(4, os.cpu_count() or 1)
