@@ -62,6 +62,9 @@ _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS | orjson.
 _HEAD_FIELDS = ("request_id", "ts", "service", "model", "version")
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _WARN_INTERVAL_SECONDS = 30.0
+#: The flusher releases the GIL after this many scored records, so that serialising a
+#: large batch never holds the event loop (or granian's threads) for long.
+_YIELD_EVERY = 64
 
 
 def _segment(value: Any, default: str) -> str:
@@ -75,21 +78,9 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class _IsoClock:
-    """Format epoch seconds as ISO-8601 UTC bytes, formatting each whole second only once."""
-
-    __slots__ = ("_prefix", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = b""
-
-    def __call__(self, ts: float) -> bytes:
-        second, micros = divmod(round(ts * 1_000_000), 1_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
-        return self._prefix + b"%06dZ" % micros
+def _iso_second(second: int) -> bytes:
+    """Return ``YYYY-MM-DDTHH:MM:SS.`` (UTC) for whole epoch seconds, as bytes."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.").encode()
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -203,7 +194,6 @@ class Collector:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-        self._iso_clock = _IsoClock()
         self._instance = os.urandom(3).hex()  # containers all run as pid 1: keep part names unique
         self._seq = itertools.count()
         self._reported_drops = 0
@@ -422,43 +412,38 @@ class Collector:
         groups: dict[tuple[str, str, int], list[bytes]] = {}
         bad = 0
         now = time.time()
-        heads: dict[tuple[str, str], tuple[str, str, bytes]] = {}
+        heads: dict[tuple[str, str], tuple[str, str, bytes, dict[int, list[bytes]]]] = {}
         service_json = orjson.dumps(self.service)
-        iso = self._iso_clock
+        dumps = orjson.dumps
+        iso_second = _iso_second
+        last_second, prefix, scored = -1, b"", 0
         for record in batch:
             if type(record) is tuple:
                 request_id, ts, model_name, version_name, inputs, outputs, latency_ms, checked = record
                 head = heads.get((model_name, version_name))
                 if head is None:
                     model, version = _segment(model_name, "unknown"), _segment(version_name, "unknown")
-                    middle = b',"service":%s,"model":%s,"version":%s,"inputs":' % (
+                    middle = b'","service":%b,"model":%b,"version":%b,"inputs":' % (
                         service_json,
                         orjson.dumps(model),
                         orjson.dumps(version),
                     )
-                    head = heads[(model_name, version_name)] = (model, version, middle)
-                model, version, middle = head
+                    head = heads[(model_name, version_name)] = (model, version, middle, {})
                 if not checked or b"\n" in inputs or b"\r" in inputs:
                     inputs = _one_line(inputs)
-                if b"\n" in outputs:
-                    outputs = orjson.dumps(orjson.loads(outputs))
-                line = b"".join(
-                    (
-                        b'{"request_id":',
-                        orjson.dumps(request_id),
-                        b',"ts":"',
-                        iso(ts),
-                        b'"',
-                        middle,
-                        inputs,
-                        b',"outputs":',
-                        outputs,
-                        b',"latency_ms":',
-                        orjson.dumps(latency_ms),
-                        b"}\n",
-                    )
+                second, micros = divmod(round(ts * 1_000_000), 1_000_000)
+                if second != last_second:
+                    last_second, prefix = second, iso_second(second)
+                lines = head[3].get(second // 3600)
+                if lines is None:
+                    lines = head[3][second // 3600] = []
+                lines.append(
+                    b'{"request_id":%b,"ts":"%b%06dZ%b%b,"outputs":%b,"latency_ms":%b}\n'
+                    % (dumps(request_id), prefix, micros, head[2], inputs, outputs, dumps(latency_ms))
                 )
-                groups.setdefault((model, version, int(ts // 3600)), []).append(line)
+                scored += 1
+                if not scored % _YIELD_EVERY:
+                    time.sleep(0)  # let the event loop (and granian's threads) take the GIL
                 continue
             ts = record.get("ts")
             if not isinstance(ts, int | float):
@@ -483,6 +468,9 @@ class Collector:
                     log.warning("Dropping a collected record that is not JSON-serialisable: %s", e)
                 continue
             groups.setdefault((model, version, int(ts // 3600)), []).append(line)
+        for model, version, _, by_hour in heads.values():
+            for hour, lines in by_hour.items():
+                groups.setdefault((model, version, hour), []).extend(lines)
         if bad:
             with self._lock:
                 if not self._abandoned:
