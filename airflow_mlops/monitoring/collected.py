@@ -42,6 +42,7 @@ __all__ = [
     "CollectedData",
     "CollectedDataReader",
     "collect_window",
+    "dataset_metadata",
     "extract_rows",
     "parse_window",
     "read_dataset",
@@ -541,6 +542,17 @@ def read_dataset(path: str | os.PathLike[str]) -> CollectedData:
         version=strings("version"),
         outputs=strings("outputs"),
     )
+
+
+def dataset_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Return a dataset's schema metadata (``mlops.service``, ``mlops.window_start`` …)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError) as e:
+        raise MonitoringError(f"cannot read dataset {path}: {e}") from e
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if not k.startswith(b"ARROW")}
 
 
 def collect_window(
