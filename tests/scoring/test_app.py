@@ -161,3 +161,21 @@ def test_keys_primary_secondary_wrong_missing(onnx_server: Server, digits_rows: 
     with onnx_server.client(key=None) as c:
         basic = c.post("/score", json=body, headers={"Authorization": f"Basic {PRIMARY}"})
     assert basic.status_code == 401
+
+
+def test_chunked_bodies_are_read_and_bounded(onnx_server: Server, digits_rows: list[list[float]]) -> None:
+    row = ("[" + ",".join(str(v) for v in digits_rows[0]) + "]").encode()
+
+    def chunks(n: int):  # a generator body: httpx sends it chunked, without Content-Length
+        yield b'{"data": ['
+        for i in range(n):
+            yield (b"," if i else b"") + row
+        yield b"]}"
+
+    headers = {"content-type": "application/json"}
+    with onnx_server.client() as c:
+        ok = c.post("/score", content=chunks(3), headers=headers)
+        big = c.post("/score", content=chunks(2000), headers=headers)  # over --max-body-bytes
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["label"]) == 3
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"

@@ -386,3 +386,36 @@ def test_sink_settings_are_parsed_and_checked(tmp_path: Path, monkeypatch: pytes
         Collector(service="s", sink=tmp_path, sampling_rate=1.5)
     with pytest.raises(ValueError, match="flush_seconds"):
         Collector(service="s", sink=tmp_path, flush_seconds=0)
+
+
+def test_scored_records_splice_the_raw_body_and_outputs(tmp_path: Path) -> None:
+    collector = Collector(service="svc", sink=tmp_path, flush_seconds=60)
+    collector.start()
+    body = b'{"data": [[1.5, 2]]}'
+    pretty = b'{\n  "data": [\n    [3, 4]\n  ]\n}'  # a newline would split the JSON Lines record
+    outputs = b'{"label":[7],"probabilities":[[0.25,0.75]]}'
+    collector.collect_scored("req-a", TS_13, "digits", "3", body, outputs, 1.5)
+    collector.collect_scored("req-b", TS_14, "digits", "3", pretty, outputs, 2.0)
+    collector.collect_scored("req-c", TS_13, "digits", "3", b"plain text", b'{"ok":true}', 3.0, False)
+    collector.collect_scored("req-d", TS_13, "digits", "3", b'{"x": 1}', b"[1]", 4.0, False)
+    collector.close()
+
+    parts = read_parts(tmp_path)
+    assert sorted(str(p.parent) for p in parts) == ["svc/digits/3/2024/05/01/13", "svc/digits/3/2024/05/01/14"]
+    rows = {row["request_id"]: row for part in parts.values() for row in part}
+    assert rows["req-a"] == {
+        "request_id": "req-a",
+        "ts": "2024-05-01T13:59:59.250000Z",
+        "service": "svc",
+        "model": "digits",
+        "version": "3",
+        "inputs": {"data": [[1.5, 2]]},
+        "outputs": {"label": [7], "probabilities": [[0.25, 0.75]]},
+        "latency_ms": 1.5,
+    }
+    assert rows["req-b"]["inputs"] == {"data": [[3, 4]]} and rows["req-b"]["ts"] == "2024-05-01T14:00:00.750000Z"
+    assert rows["req-c"]["inputs"] == "plain text" and rows["req-c"]["outputs"] == {"ok": True}
+    assert rows["req-d"]["inputs"] == {"x": 1}
+    for path in tmp_path.rglob("*.jsonl"):
+        assert all(line.startswith(b'{"request_id":') for line in path.read_bytes().splitlines())
+    assert collector.stats() == {"collected": 4, "written": 4, "dropped": 0, "buffered": 0, "sink_errors": 0}
