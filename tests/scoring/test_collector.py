@@ -401,7 +401,8 @@ def test_scored_records_splice_the_raw_body_and_outputs(tmp_path: Path) -> None:
     collector.close()
 
     parts = read_parts(tmp_path)
-    assert sorted(str(p.parent) for p in parts) == ["svc/digits/3/2024/05/01/13", "svc/digits/3/2024/05/01/14"]
+    folders = sorted(str(p.parent) for p in parts)
+    assert folders == ["svc/digits/3/2024/05/01/13", "svc/digits/3/2024/05/01/14"]
     rows = {row["request_id"]: row for part in parts.values() for row in part}
     assert rows["req-a"] == {
         "request_id": "req-a",
@@ -413,7 +414,8 @@ def test_scored_records_splice_the_raw_body_and_outputs(tmp_path: Path) -> None:
         "outputs": {"label": [7], "probabilities": [[0.25, 0.75]]},
         "latency_ms": 1.5,
     }
-    assert rows["req-b"]["inputs"] == {"data": [[3, 4]]} and rows["req-b"]["ts"] == "2024-05-01T14:00:00.750000Z"
+    assert rows["req-b"]["inputs"] == {"data": [[3, 4]]}
+    assert rows["req-b"]["ts"] == "2024-05-01T14:00:00.750000Z"
     assert rows["req-c"]["inputs"] == "plain text" and rows["req-c"]["outputs"] == {"ok": True}
     assert rows["req-d"]["inputs"] == {"x": 1}
     for path in tmp_path.rglob("*.jsonl"):
