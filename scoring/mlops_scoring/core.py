@@ -1,7 +1,7 @@
 """The framework-free core: bytes in, model inputs out; model outputs in, bytes out.
 
-Nothing here knows about ASGI, sockets or the event loop, so each function can run on the
-loop (small bodies) or in a thread (large ones) and be tested alone.
+Nothing here knows about RSGI, ASGI, sockets or the event loop, so each function can run
+on the loop (small bodies) or in a thread (large ones) and be tested alone.
 """
 
 from __future__ import annotations
