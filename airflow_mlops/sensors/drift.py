@@ -55,15 +55,24 @@ class DriftSensor(BaseSensorOperator):
     :param sink: where the service collects to (see ``CollectDataOperator``) (templated).
     :param wasb_conn_id: ``wasb`` connection of a Blob Storage sink.
     :param lookback: length of the live window.
-    :param psi_threshold: PSI at or above which a feature drifts (``None``: ignore PSI).
+    :param psi_threshold: PSI at or above which a feature drifts (``None``: ignore PSI) (templated).
     :param ks_pvalue: KS significance level, Bonferroni-corrected across features (``None``:
-        ignore KS).
+        ignore KS) (templated).
     :param min_drifted_features: drifted features needed to call it drift.
-    :param min_rows: fewest rows worth judging.
+    :param min_rows: fewest rows worth judging (templated).
     :param mlflow_conn_id: MLflow connection; without one, the embedded registry is used.
     """
 
-    template_fields: Sequence[str] = ("model_name", "model_version", "dataset_path", "service_name", "sink")
+    template_fields: Sequence[str] = (
+        "model_name",
+        "model_version",
+        "dataset_path",
+        "service_name",
+        "sink",
+        "psi_threshold",
+        "ks_pvalue",
+        "min_rows",
+    )
     ui_color = "#ffe0b2"
 
     def __init__(
@@ -76,10 +85,10 @@ class DriftSensor(BaseSensorOperator):
         sink: str | None = None,
         wasb_conn_id: str | None = None,
         lookback: timedelta | float = timedelta(hours=1),
-        psi_threshold: float | None = 0.2,
-        ks_pvalue: float | None = 0.01,
+        psi_threshold: float | str | None = 0.2,
+        ks_pvalue: float | str | None = 0.01,
         min_drifted_features: int = 1,
-        min_rows: int = 50,
+        min_rows: int | str = 50,
         mlflow_conn_id: str = MlflowRegistryHook.default_conn_name,
         mode: str = "reschedule",
         poke_interval: float = 300,
@@ -124,6 +133,12 @@ class DriftSensor(BaseSensorOperator):
         self.log.info("%s; next check in %s s", message, self.poke_interval)
         return False
 
+    @staticmethod
+    def _number(value: Any) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+            return None
+        return float(value)
+
     def poke(self, context: Context) -> bool | PokeReturnValue:
         registry = MlflowRegistryHook(mlflow_conn_id=self.mlflow_conn_id)
         version = registry.resolve_version(self.model_name, self.model_version)
@@ -134,14 +149,15 @@ class DriftSensor(BaseSensorOperator):
                 "register it with baseline=profile_dataset(training_features)"
             )
         data, source = self._load()
-        if data.rows < self.min_rows:
-            return self._not_yet(f"{data.rows} rows collected, fewer than min_rows={self.min_rows}")
+        min_rows = int(self._number(self.min_rows) or 0)
+        if data.rows < min_rows:
+            return self._not_yet(f"{data.rows} rows collected, fewer than min_rows={min_rows}")
         result = compute_drift(
             baseline,
             data.features,
             feature_names=data.feature_names,
-            psi_threshold=self.psi_threshold,
-            ks_pvalue=self.ks_pvalue,
+            psi_threshold=self._number(self.psi_threshold),
+            ks_pvalue=self._number(self.ks_pvalue),
             min_drifted_features=self.min_drifted_features,
         )
         self.log.info(
