@@ -34,7 +34,8 @@ class CollectDataOperator(BaseOperator):
 
     A window with no rows is **skipped** (``AirflowSkipException``): no file, no Asset event,
     so nothing downstream runs on empty data. The default window is the run's data interval;
-    runs without one (triggered by hand or through the API) read the ``lookback`` before now.
+    runs without one, or with a zero-length one (triggered by hand or through the API), read
+    the ``lookback`` before the interval's end (or before now).
 
     :param service_name: the scoring service. Not templated: it names the Asset at parse time.
     :param window_start: window start, ISO-8601 or datetime (templated).
@@ -98,7 +99,11 @@ class CollectDataOperator(BaseOperator):
         return str(Path(mlops_home()) / "datasets" / self.service_name / f"{run_id}.parquet")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        start, end = parse_window(self.window_start, self.window_end, self.lookback)
+        window_start = self.window_start
+        if window_start not in (None, "") and str(window_start) == str(self.window_end):
+            # Manual and API runs get a zero-length data interval: read the lookback instead.
+            window_start = None
+        start, end = parse_window(window_start, self.window_end, self.lookback)
         result = collect_window(
             self.service_name,
             start,

@@ -50,7 +50,7 @@ class RetrainOperator(BaseOperator):
     :param min_improvement: least gain over the parent to promote; ``None`` turns the gate off
         (templated).
     :param holdout: share of data the training code should hold out to evaluate both models.
-    :param params: extra parameters for the training code, logged to MLflow (templated).
+    :param train_params: extra parameters for the training code, logged to MLflow (templated).
     :param drift: the drift report that led here, e.g. ``DriftSensor``'s XCom (templated).
     :param tags: extra tags for the new version (templated).
     :param aliases: aliases to point at the new version (templated).
@@ -65,12 +65,12 @@ class RetrainOperator(BaseOperator):
         "train_callable",
         "train_script",
         "min_improvement",
-        "params",
+        "train_params",
         "drift",
         "tags",
         "aliases",
     )
-    template_fields_renderers = {"params": "json", "drift": "json", "tags": "json"}
+    template_fields_renderers = {"train_params": "json", "drift": "json", "tags": "json"}
     ui_color = "#e1bee7"
 
     def __init__(
@@ -85,7 +85,7 @@ class RetrainOperator(BaseOperator):
         greater_is_better: bool = True,
         min_improvement: float | str | None = 0.0,
         holdout: float = 0.2,
-        params: dict[str, Any] | None = None,
+        train_params: dict[str, Any] | None = None,
         drift: dict[str, Any] | str | None = None,
         tags: dict[str, str] | None = None,
         aliases: list[str] | None = None,
@@ -109,7 +109,7 @@ class RetrainOperator(BaseOperator):
         self.greater_is_better = greater_is_better
         self.min_improvement = min_improvement
         self.holdout = holdout
-        self.params = params
+        self.train_params = train_params
         self.drift = drift
         self.tags = tags
         self.aliases = aliases
@@ -145,7 +145,7 @@ class RetrainOperator(BaseOperator):
             greater_is_better=self.greater_is_better,
             min_improvement=self._min_improvement(),
             holdout=self.holdout,
-            params=self.params,
+            params=self.train_params,
             drift=drift if isinstance(drift, dict) else None,
             tags=self.tags,
             aliases=[self.aliases] if isinstance(self.aliases, str) else self.aliases,

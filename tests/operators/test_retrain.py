@@ -87,7 +87,7 @@ def test_a_better_model_is_registered_with_lineage_and_a_new_baseline(
         parent_version="1",
         train_callable="airflow_mlops.monitoring.digits:retrain_digits",
         drift=DRIFT,
-        params={"max_iter": 150},
+        train_params={"max_iter": 150},
     )
     result = op.execute({"ti": _TaskInstance()})
     assert result["promoted"] is True and result["version"] == "2" and result["uri"] == f"models:/{model}/2"
