@@ -5,7 +5,7 @@ Every state, tag and label is named here once and imported everywhere else.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",
@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-class ServiceState(str, Enum):
+class ServiceState(StrEnum):
     """The state of a deployed web service, as Azure Machine Learning names it."""
 
     TRANSITIONING = "Transitioning"
@@ -31,9 +31,6 @@ class ServiceState(str, Enum):
     def is_terminal(self) -> bool:
         """Tell whether waiting longer cannot change the outcome."""
         return self in (ServiceState.HEALTHY, ServiceState.FAILED)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Port the scoring service listens on inside an image (Azure ML's inference server uses 5001).
