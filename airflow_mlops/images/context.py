@@ -111,7 +111,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 def _readable(root: Path) -> None:
     """Make the context world-readable: the image's unprivileged user reads these files."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirs, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = os.path.join(dirpath, name)

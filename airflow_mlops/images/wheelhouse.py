@@ -29,7 +29,7 @@ from pathlib import Path
 from airflow_mlops.constants import mlops_home
 from airflow_mlops.exceptions import ImageBuildError
 
-__all__ = ["SCORING_DISTRIBUTION", "REQUIREMENTS_FILE", "resolve_wheelhouse", "scoring_source_tree"]
+__all__ = ["REQUIREMENTS_FILE", "SCORING_DISTRIBUTION", "resolve_wheelhouse", "scoring_source_tree"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,8 @@ def resolve_wheelhouse(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        echo(f"Resolving wheelhouse {key} for {python} {platform}: {list(requirements) or 'no extra requirements'}")
+        extra = list(requirements) or "no extra requirements"
+        echo(f"Resolving wheelhouse {key} for {python} {platform}: {extra}")
         _build_scoring_wheel(tmp, scoring_version, echo)
         scoring_wheels = sorted(tmp.glob("*.whl"))
         if not scoring_wheels:

@@ -130,6 +130,4 @@ def server_stats(socket_path: str | Path) -> dict[str, dict[str, str]]:
     """Return ``show stat`` rows of the backend's servers by slot (``status``, ``scur``, …)."""
     text = runtime_command(socket_path, "show stat")
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    return {
-        row["svname"]: row for row in rows if row.get("pxname") == BACKEND and row.get("svname") in SLOTS
-    }
+    return {row["svname"]: row for row in rows if row.get("pxname") == BACKEND and row.get("svname") in SLOTS}

@@ -270,7 +270,7 @@ class DockerTarget(DeploymentTarget):
         env.pop("MLOPS_ENTRY_SCRIPT", None)  # the image carries its entry script at a fixed path
         env.pop("MLOPS_HOST", None)
         env.update(cspec.secret_env)  # no secret store without swarm; never put into labels
-        user, uid, gid = self._run_as()
+        user = self._run_as()[0]
         keys_path = self._write_keys(spec.name, keys)
         binds = {str(keys_path): {"bind": f"{KEYS_MOUNT_DIR}/{KEYS_FILE_NAME}", "mode": "ro"}}
         if spec.config.collect_model_data and "MLOPS_COLLECT_SINK" not in env:
@@ -318,7 +318,7 @@ class DockerTarget(DeploymentTarget):
         return self.client.inspect_container(container["Id"])
 
     def _start_gateway(self, name: str, port: int) -> None:
-        user, _, _ = self._run_as()
+        user = self._run_as()[0]
         folder = self._gateway_dir(name)
         host_config = self.client.create_host_config(
             binds={str(folder): {"bind": gw.GATEWAY_DIR, "mode": "rw"}},
@@ -504,7 +504,8 @@ class DockerTarget(DeploymentTarget):
             how = f"exited with code {state.get('ExitCode')}"
             if restarts:
                 how += f" after {restarts} restart(s) (crash loop)"
-            return ServiceStatus(ServiceState.FAILED, f"container {how}\n{self._container_logs(data['Id'], 20)}")
+            tail = self._container_logs(data["Id"], 20)
+            return ServiceStatus(ServiceState.FAILED, f"container {how}\n{tail}")
         if status in ("created", "paused"):
             return ServiceStatus(ServiceState.TRANSITIONING, f"container is {status}")
         health = (state.get("Health") or {}).get("Status", "none")
