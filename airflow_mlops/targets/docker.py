@@ -104,6 +104,8 @@ class DockerTarget(DeploymentTarget):
     :param ready_timeout: seconds an update waits for the new container to get ready.
     :param drain_timeout: seconds the old container may take to finish in-flight requests.
     :param max_restarts: restarts Docker tries (policy ``on-failure``) before giving up.
+    :param settle_time: seconds a new container must keep passing the gateway's readiness
+        checks before traffic moves to it.
     """
 
     name = "docker"
@@ -120,6 +122,7 @@ class DockerTarget(DeploymentTarget):
         ready_timeout: float = 120.0,
         drain_timeout: float = 30.0,
         max_restarts: int = 3,
+        settle_time: float = 1.5,
     ) -> None:
         self._client = client
         self.docker_conn_id = docker_conn_id
@@ -130,6 +133,7 @@ class DockerTarget(DeploymentTarget):
         self.ready_timeout = ready_timeout
         self.drain_timeout = drain_timeout
         self.max_restarts = max_restarts
+        self.settle_time = settle_time
 
     @cached_property
     def client(self) -> Any:
@@ -462,16 +466,27 @@ class DockerTarget(DeploymentTarget):
     def _wait_slot_ready(self, name: str, container_id: str, slot: str) -> None:
         """Put ``slot`` in ``drain`` (checked, no traffic) and wait until HAProxy sees it ready."""
         sock = self._socket(name)
-        gw.runtime_command(sock, f"set server {gw.BACKEND}/{slot} state drain")
+        # Leaving maintenance restores the slot's last health, which its previous occupant
+        # earned: force it down so only fresh checks of the new container bring it up.
+        gw.runtime_command(
+            sock, f"set server {gw.BACKEND}/{slot} state drain; set server {gw.BACKEND}/{slot} health down"
+        )
         deadline = time.monotonic() + self.ready_timeout
+        passing_since: float | None = None
         while True:
-            state = self.client.inspect_container(container_id)["State"]
-            if state["Status"] in ("exited", "dead", "restarting") or state.get("Restarting"):
+            data = self.client.inspect_container(container_id)
+            state, restarted = data["State"], int(data.get("RestartCount") or 0)
+            if state["Status"] in ("exited", "dead", "restarting") or state.get("Restarting") or restarted:
                 raise UpdateFailed(name, f"the new container exited with code {state.get('ExitCode')}")
             row = gw.server_stats(sock).get(slot, {})
-            # A drained server that passes its checks reports DRAIN; a failing one DOWN.
-            if row.get("status", "").startswith("DRAIN") and row.get("check_status", "").startswith("L7OK"):
-                return
+            # A drained server that passes its checks reports DRAIN; a failing one DOWN. It must
+            # keep passing for a few check intervals (a crashing script can answer once).
+            if row.get("status") == "DRAIN" and row.get("check_status", "").lstrip("* ").startswith("L7OK"):
+                passing_since = passing_since or time.monotonic()
+                if time.monotonic() - passing_since >= self.settle_time:
+                    return
+            else:
+                passing_since = None
             if time.monotonic() > deadline:
                 raise UpdateFailed(
                     name,
