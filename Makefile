@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml scoring/pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# Uses the locally built base and gateway images (scripts/base-image.sh), as nothing is pulled here;
+# set MLOPS_BASE_IMAGE / MLOPS_GATEWAY_IMAGE to use others (the product defaults are public images).
 demo-docker: $(STAMP)
 	scripts/test-setup.sh docker
+	MLOPS_BASE_IMAGE=$${MLOPS_BASE_IMAGE:-airflow-mlops/base:bookworm} \
+	MLOPS_GATEWAY_IMAGE=$${MLOPS_GATEWAY_IMAGE:-airflow-mlops/haproxy:bookworm} \
 	$(PY) scripts/demo.py --target docker
 
 test: $(STAMP)
