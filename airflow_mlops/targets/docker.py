@@ -24,13 +24,11 @@ one never stopped serving.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -58,6 +56,7 @@ from airflow_mlops.targets._container import (
     container_spec,
     models_from_state,
 )
+from airflow_mlops.targets._lock import service_lock
 from airflow_mlops.targets.base import (
     DeploymentTarget,
     ServiceInfo,
@@ -164,16 +163,8 @@ class DockerTarget(DeploymentTarget):
     def _socket(self, name: str) -> Path:
         return self._gateway_dir(name) / gw.SOCKET_NAME
 
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        locks = self.home / ".locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(locks / f"{check_service_name(name)}.lock", "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def _lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return service_lock(self.home, name)
 
     @staticmethod
     def _run_as() -> tuple[str, int, int]:

@@ -23,7 +23,6 @@ never stopped serving.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from airflow_mlops.config import DeploymentConfig
 from airflow_mlops.constants import ServiceState, mlops_home
 from airflow_mlops.exceptions import ConfigError, DeploymentError, DeploymentNotFound, UpdateFailed
 from airflow_mlops.targets._container import check_service_name
+from airflow_mlops.targets._lock import service_lock
 from airflow_mlops.targets.base import (
     DeploymentTarget,
     ModelRef,
@@ -141,16 +140,8 @@ class LocalTarget(DeploymentTarget):
     def _service_dir(self, name: str) -> Path:
         return self.home / check_service_name(name)
 
-    @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        locks = self.home / ".locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(locks / f"{check_service_name(name)}.lock", "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def _lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return service_lock(self.home, name)
 
     def _read_state(self, name: str) -> dict[str, Any]:
         try:
