@@ -225,17 +225,7 @@ class Collector:
         ``outputs``, ``latency_ms``; other keys are written as given. The record is
         serialised later on the flusher thread, so callers must not mutate it afterwards.
         """
-        with self._lock:
-            if self._closed or self._buffered >= self.max_buffer:
-                self._dropped += 1
-                self._collected += 1
-                return
-            self._queue.append(record)
-            self._buffered += 1
-            self._collected += 1
-            queued = len(self._queue)
-        if queued == self.flush_rows:
-            self._wake.set()
+        self._enqueue(record)
 
     def collect_scored(
         self,
@@ -262,6 +252,10 @@ class Collector:
         :param inputs_are_json: whether ``inputs`` is known to be one valid JSON document
         """
         record = (request_id, ts, model, version, inputs, outputs, latency_ms, inputs_are_json)
+        self._enqueue(record)
+
+    def _enqueue(self, record: Any) -> None:
+        """Append one record under the buffer bound, or drop and count it; wake the flusher when full."""
         with self._lock:
             if self._closed or self._buffered >= self.max_buffer:
                 self._dropped += 1
