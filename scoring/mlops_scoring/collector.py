@@ -439,6 +439,7 @@ class Collector:
                 if not scored % _YIELD_EVERY:
                     time.sleep(0)  # let the event loop (and granian's threads) take the GIL
                 continue
+            assert isinstance(record, dict)  # the flusher queues only tuples and dicts
             ts = record.get("ts")
             if not isinstance(ts, int | float):
                 ts = now
