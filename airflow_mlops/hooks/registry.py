@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -162,7 +162,7 @@ class MlflowRegistryHook(BaseHook):
         if client is not None:
             self.__dict__["client"] = client
             self.__dict__["settings"] = RegistrySettings(
-                tracking_uri=client.tracking_uri, registry_uri=client._registry_uri
+                tracking_uri=client.tracking_uri, registry_uri=client._registry_uri or client.tracking_uri
             )
 
     # --- connection form ------------------------------------------------------------------
@@ -543,7 +543,8 @@ class MlflowRegistryHook(BaseHook):
         query = " AND ".join(c for c in clauses if "\0" not in c)
 
         def search() -> list[Any]:
-            found, token = [], None
+            found: list[Any] = []
+            token: str | None = None
             while True:
                 page = self.client.search_model_versions(query or None, max_results=1000, page_token=token)
                 found.extend(page)
@@ -555,7 +556,7 @@ class MlflowRegistryHook(BaseHook):
         # MLflow's version search leaves aliases out; read them once per model.
         for model in {v["name"] for v in versions if not v["aliases"]}:
             aliases = self._call(
-                f"reading aliases of {model}", lambda m=model: self.client.get_registered_model(m).aliases
+                f"reading aliases of {model}", partial(self._registered_model_aliases, model)
             )
             for v in versions:
                 if v["name"] == model:
@@ -568,6 +569,9 @@ class MlflowRegistryHook(BaseHook):
             and all(v["tags"].get(k) == str(val) for k, val in (tags or {}).items())
         ]
         return sorted(versions, key=lambda v: (v["name"], -int(v["version"])))
+
+    def _registered_model_aliases(self, name: str) -> dict[str, str]:
+        return self.client.get_registered_model(name).aliases
 
     @staticmethod
     def _version_dict(mv: ModelVersion) -> dict[str, Any]:
