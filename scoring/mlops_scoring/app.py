@@ -354,23 +354,25 @@ class ScoringApp:
                 f"{model.row_cost_us:.0f} µs per row" if model.row_cost_us is not None else "cost unknown",
                 model.threads,
             )
-            if model.batchable and s.max_batch_size > 1:
-                self._runner = Runner(
-                    batch_call=stack_and_split(model.run),
-                    max_batch_size=s.max_batch_size,
-                    max_batch_delay_us=s.max_batch_delay_us,
-                    on_batch=self.metrics.batch,
-                    timeout=timeout,
-                    sweep_seconds=sweep,
-                    name="mlops-onnx",
-                )
-            else:
-                self._runner = Runner(
-                    call=lambda p: model.run(p[0]),
-                    on_batch=self.metrics.batch,
-                    timeout=timeout,
-                    sweep_seconds=sweep,
-                    name="mlops-onnx",
+            batching = model.batchable and s.max_batch_size > 1
+            inline_rows = _inline_rows(model, s.inline_max_us, s.max_batch_size if batching else 1)
+            self._runner = Runner(
+                batch_call=stack_and_split(model.run) if batching else None,
+                call=None if batching else (lambda p: model.run(p[0])),
+                max_batch_size=s.max_batch_size,
+                max_batch_delay_us=s.max_batch_delay_us,
+                on_batch=self.metrics.batch,
+                inline_rows=inline_rows,
+                timeout=timeout,
+                sweep_seconds=sweep,
+                name="mlops-onnx",
+            )
+            if inline_rows:
+                log.info(
+                    "Calls of up to %d row(s) (estimated under %d µs) run on the event loop; "
+                    "larger ones on the model thread",
+                    inline_rows,
+                    s.inline_max_us,
                 )
             inputs, outputs = model.inputs, model.outputs
         self._runner.on_reject = self.metrics.reject
@@ -583,6 +585,19 @@ class ScoringApp:
                 slot.set_result(None)
                 return
         self._in_flight -= 1
+
+
+def _inline_rows(model: OnnxModel, budget_us: int, max_rows: int) -> int:
+    """Return the most rows whose estimated call cost fits ``budget_us`` (0: none, or unknown)."""
+    if budget_us <= 0:
+        return 0
+    one, per_row = model.one_row_us, model.row_cost_us
+    if one is None or per_row is None or one > budget_us:
+        return 0
+    if not model.batchable:
+        return 1
+    extra = int((budget_us - one) / per_row) if per_row > 0 else max_rows
+    return max(1, min(max_rows, 1 + extra))
 
 
 def _expire_slot(slot: asyncio.Future[None]) -> None:

@@ -1,12 +1,21 @@
-"""Run model calls on one worker thread, gathering concurrent ONNX requests into batches.
+"""Run model calls serially, gathering concurrent ONNX requests into batches.
 
-The event loop never runs the model. Each request hands its job to a :class:`Runner` and
-awaits a future; a single thread runs jobs and resolves the futures back on the loop with
-one ``call_soon_threadsafe`` per batch. While the thread is busy, new requests pile up;
-when it frees, it takes them in arrival order (FIFO, so none starves) up to
-``max_batch_size`` rows at once. That greedy rule batches under load and adds no delay to a
-lone request. ``max_batch_delay_us`` > 0 additionally holds the first request of an idle
-runner up to that long to let a batch fill.
+Each request hands its job to a :class:`Runner` and awaits a future. Jobs run one batch at
+a time, in arrival order (FIFO, so none starves), up to ``max_batch_size`` rows at once:
+while a batch runs, new requests pile up, and the next batch takes them all. That greedy
+rule batches under load and adds no delay to a lone request. ``max_batch_delay_us`` > 0
+additionally holds the first request of an idle runner up to that long to let a batch fill.
+
+Where a batch runs depends on its cost:
+
+* **On the model thread** (the default, and always for entry scripts): the thread runs the
+  batch and resolves the futures back on the loop with one ``call_soon_threadsafe``.
+* **On the loop**, for a batch of at most ``inline_rows`` rows: the app sets that bound from
+  the model's measured cost (``--inline-max-us``), so the loop runs a call only when it is
+  cheaper than the hand-off. Handing a batch to the thread and back costs two thread
+  wake-ups, which on a small VM cost more CPU and latency than a small MLP's call (see the
+  package README). An idle runner then dispatches on the next loop tick rather than at once,
+  so every request that arrived in the same tick shares one call.
 
 Deadlines cost nothing per request: one sweeper timer, armed only while jobs are
 outstanding, fails queued jobs past their deadline (503 ``queue_timeout``) and a running
@@ -57,7 +66,8 @@ class Runner:
         per payload, in order; when given, jobs are batched
     :param max_batch_size: most rows per batch (a single larger request still runs alone)
     :param max_batch_delay_us: how long an idle runner waits for a batch to fill
-    :param on_batch: told each batch's job and row counts (for the batch-size histograms)
+    :param on_batch: told each batch's job and row counts and whether it ran inline (metrics)
+    :param inline_rows: batches of at most this many rows run on the loop (0: never)
     :param timeout: seconds a model call may run before its callers get a 504
     :param sweep_seconds: how often outstanding jobs are checked against their deadlines
     """
@@ -69,7 +79,8 @@ class Runner:
         batch_call: Callable[[list[Any]], list[Any]] | None = None,
         max_batch_size: int = 1,
         max_batch_delay_us: int = 0,
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, bool], None] | None = None,
+        inline_rows: int = 0,
         timeout: float = 60.0,
         sweep_seconds: float = 0.02,
         name: str = "mlops-runner",
@@ -81,6 +92,7 @@ class Runner:
         self._max_rows = max_batch_size if batch_call is not None else 1
         self._delay = max_batch_delay_us / 1e6
         self._on_batch = on_batch
+        self._inline_rows = inline_rows if batch_call is not None else min(inline_rows, 1)
         self._timeout = timeout
         self._sweep_every = sweep_seconds
         #: told the reason of every job the runner turns away (``queue_timeout``)
@@ -89,6 +101,7 @@ class Runner:
         self._running: list[Job] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
@@ -99,6 +112,11 @@ class Runner:
     def depth(self) -> int:
         """Return how many jobs wait for the thread."""
         return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        """Return whether the thread is free and nothing waits for it."""
+        return not self._busy and not self._pending
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the worker thread; results are delivered on ``loop``."""
@@ -122,10 +140,13 @@ class Runner:
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         if not self._busy:
-            if not self._delay or len(self._pending) >= self._max_rows:
+            if self._delay and len(self._pending) < self._max_rows:
+                if self._timer is None:
+                    self._timer = loop.call_later(self._delay, self._dispatch)
+            elif not self._inline_rows:
                 self._dispatch()
-            elif self._timer is None:
-                self._timer = loop.call_later(self._delay, self._dispatch)
+            elif self._soon is None:  # gather this tick's requests into one call
+                self._soon = loop.call_soon(self._dispatch)
         return job
 
     def _reject(self, job: Job) -> None:
@@ -136,6 +157,9 @@ class Runner:
         )
 
     def _dispatch(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -164,8 +188,26 @@ class Runner:
         if not batch:
             return
         self._busy = True
+        if rows <= self._inline_rows:
+            self._run_inline(batch)
+            return
         self._running = batch
         self._jobs.put(batch)
+
+    def _run_inline(self, batch: list[Job]) -> None:
+        """Run a cheap batch here, on the loop thread, and deliver its results at once."""
+        try:
+            results = self._run(batch)
+            error: BaseException | None = None
+        except Exception as e:
+            results, error = [], e
+        self._deliver(batch, results, error, inline=True)
+
+    def _run(self, batch: list[Job]) -> list[Any]:
+        if self._batch_call is not None:
+            return self._batch_call([j.payload for j in batch])
+        assert self._call is not None
+        return [self._call(batch[0].payload)]
 
     def _sweep(self) -> None:
         """Fail what outlived its deadline; re-arm while anything is outstanding."""
@@ -194,17 +236,12 @@ class Runner:
     def _work(self) -> None:
         loop = self._loop
         assert loop is not None
-        batch_call, call = self._batch_call, self._call
         while True:
             batch = self._jobs.get()
             if batch is None:
                 return
             try:
-                if batch_call is not None:
-                    results: list[Any] = batch_call([j.payload for j in batch])
-                else:
-                    assert call is not None
-                    results = [call(batch[0].payload)]
+                results = self._run(batch)
                 error: BaseException | None = None
             except Exception as e:
                 results, error = [], e
@@ -213,7 +250,9 @@ class Runner:
             except RuntimeError:  # the loop closed under us: nobody waits any more
                 return
 
-    def _deliver(self, batch: list[Job], results: list[Any], error: BaseException | None) -> None:
+    def _deliver(
+        self, batch: list[Job], results: list[Any], error: BaseException | None, inline: bool = False
+    ) -> None:
         self._busy = False
         self._running = []
         rows = 0
@@ -228,7 +267,7 @@ class Runner:
             else:
                 fut.set_result(results[i])
         if self._on_batch is not None:
-            self._on_batch(len(batch), rows)
+            self._on_batch(len(batch), rows, inline)
         if self._pending:
             if self._delay and len(self._pending) < self._max_rows and self._timer is None:
                 self._timer = self._loop.call_later(self._delay, self._dispatch)  # type: ignore[union-attr]

@@ -75,6 +75,8 @@ class Metrics:
         self.batch_requests = Histogram(BATCH_BUCKETS)
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self.rejections: dict[str, int] = {}
+        #: model calls by where they ran: the model thread, or inline on the loop
+        self.calls = {"thread": 0, "inline": 0}
         self.in_flight: Callable[[], int] = lambda: 0
         self.queue_depth: Callable[[], int] = lambda: 0
         self.collector_stats: Callable[[], dict[str, int]] | None = None
@@ -106,8 +108,9 @@ class Metrics:
         """Count one request turned away for load (overloaded, queue_timeout, draining)."""
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
-    def batch(self, jobs: int, rows: int) -> None:
-        """Record one model call: how many requests and rows it carried."""
+    def batch(self, jobs: int, rows: int, inline: bool = False) -> None:
+        """Record one model call: how many requests and rows it carried, and where it ran."""
+        self.calls["inline" if inline else "thread"] += 1
         self.batch_requests.observe(jobs)
         self.batch_rows.observe(rows)
 
@@ -139,6 +142,9 @@ class Metrics:
             f"# HELP {p}batch_size_rows Rows per model call.",
             f"# TYPE {p}batch_size_rows histogram",
             *self.batch_rows.lines(f"{p}batch_size_rows"),
+            f"# HELP {p}model_calls_total Model calls by where they ran: thread, or inline (lone, cheap).",
+            f"# TYPE {p}model_calls_total counter",
+            *(f'{p}model_calls_total{{where="{k}"}} {n}' for k, n in self.calls.items()),
             f"# HELP {p}queue_depth Requests waiting for a slot or for the model.",
             f"# TYPE {p}queue_depth gauge",
             f"{p}queue_depth {self.queue_depth()}",

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -119,6 +119,8 @@ class OnnxModel:
         self.output_names = [o.name for o in self.outputs]
         self.batchable = all(i.batch_free for i in self.inputs)
         self.threads = 1 if threads == 0 else threads
+        #: measured cost of a call on one row (µs), None if unknown (set by the probe)
+        self.one_row_us: float | None = None
         #: measured cost of one row (µs, from a batch of :data:`PROBE_ROWS`), None if unknown
         self.row_cost_us = self._probe()
         cores = available_cores()
@@ -143,7 +145,11 @@ class OnnxModel:
             raise ModelLoadError(f"onnxruntime cannot load {self.path}: {e}") from e
 
     def _probe(self) -> float | None:
-        """Time the model on a synthetic batch (best of three); None if inputs cannot be faked."""
+        """Time the model on synthetic inputs (best of three); None if inputs cannot be faked.
+
+        Returns the cost of one row within a batch of :data:`PROBE_ROWS`, and sets
+        :attr:`one_row_us`, the cost of a whole call on one row (fixed overhead included).
+        """
         feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             dtype = spec.dtype
@@ -155,20 +161,36 @@ class OnnxModel:
             ]
             feeds[spec.name] = np.zeros(shape, dtype=dtype)
         rows = PROBE_ROWS if self.batchable else 1
-        best = float("inf")
+        single = {name: value[:1] for name, value in feeds.items()} if self.batchable else feeds
         try:
-            for _ in range(3):
-                started = time.perf_counter()
-                self._session.run(self.output_names, feeds)
-                best = min(best, time.perf_counter() - started)
+            self._session.run(self.output_names, feeds)  # warm-up: first calls allocate
+            self.one_row_us = _best_of_three(lambda: self._session.run(self.output_names, single))
+            batch = _best_of_three(lambda: self._session.run(self.output_names, feeds))
         except Exception:  # a model that rejects zeros still serves real inputs
+            self.one_row_us = None
             return None
-        return best * 1e6 / rows
+        return batch / rows
+
+    def call_cost_us(self, rows: int) -> float | None:
+        """Return the estimated cost of one call on ``rows`` rows (µs), None if unknown."""
+        if self.one_row_us is None or self.row_cost_us is None:
+            return None
+        return self.one_row_us + (rows - 1) * self.row_cost_us
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Run the graph on ``feeds`` and return the outputs by name (thread-safe)."""
         results = self._session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, results, strict=True))
+
+
+def _best_of_three(call: Callable[[], Any]) -> float:
+    """Return the fastest of three runs of ``call``, in µs."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e6
 
 
 def _spec(arg: Any) -> TensorSpec:

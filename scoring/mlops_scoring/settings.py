@@ -59,6 +59,7 @@ class Settings:
     scoring_timeout_ms: float = 60000.0
     max_batch_size: int = 256
     max_batch_delay_us: int = 0
+    inline_max_us: int = 100
     max_body_bytes: int = 10 * 1024 * 1024
     collect_sink: str | None = None
     collect_sampling: float = 1.0
@@ -76,6 +77,7 @@ class Settings:
             ("scoring-timeout-ms", self.scoring_timeout_ms > 0),
             ("max-batch-size", self.max_batch_size >= 1),
             ("max-batch-delay-us", self.max_batch_delay_us >= 0),
+            ("inline-max-us", self.inline_max_us >= 0),
             ("max-body-bytes", self.max_body_bytes >= 1),
             ("collect-sampling", 0.0 <= self.collect_sampling <= 1.0),
             ("ort-threads", self.ort_threads >= 0),
@@ -164,6 +166,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "scoring_timeout_ms": float,
     "max_batch_size": int,
     "max_batch_delay_us": int,
+    "inline_max_us": int,
     "max_body_bytes": int,
     "collect_sampling": float,
     "ort_threads": int,
@@ -234,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring-timeout-ms", type=float, help="longest model run before a 504, ms (60000)")
     p.add_argument("--max-batch-size", type=_positive_int, help="most rows per dynamic batch (256)")
     p.add_argument("--max-batch-delay-us", type=_positive_int, help="longest wait to fill a batch, µs (0)")
+    p.add_argument(
+        "--inline-max-us",
+        type=_positive_int,
+        help="a lone request whose model call is estimated under this many µs runs it on the "
+        "event loop instead of handing it to the model thread; 0 never does (100)",
+    )
     p.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (10 MiB)")
     p.add_argument("--collect-sink", help="folder, file:// URL or azureblob://<container>/<prefix>")
     p.add_argument("--collect-sampling", type=float, help="fraction of requests collected, 0..1 (1)")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.scoring.conftest import PRIMARY, SECONDARY, Server
+from tests.scoring.conftest import PRIMARY, SECONDARY, Server, start_server
 
 
 def test_score_data_returns_named_outputs(onnx_server: Server, digits_rows: list[list[float]]) -> None:
@@ -147,6 +148,40 @@ def test_dynamic_batching_returns_each_caller_its_rows(
         if line.startswith("mlops_scoring_batch_size_requests_bucket")
     }
     assert hist["+Inf"] > hist["1"], "no model call carried more than one request"
+
+
+def _model_calls(text: str) -> dict[str, float]:
+    prefix = 'mlops_scoring_model_calls_total{where="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_cheap_lone_calls_run_inline_unless_switched_off(
+    onnx_server: Server, digits_model_dir: Path, keys_file: Path, digits_rows: list[list[float]]
+) -> None:
+    with onnx_server.client() as c:
+        before = _model_calls(c.get("/metrics").text)
+        for _ in range(3):
+            assert c.post("/score", json={"data": digits_rows[:1]}).status_code == 200
+        after = _model_calls(c.get("/metrics").text)
+    assert after["inline"] - before["inline"] == 3, "the digits MLP costs far less than the hand-off"
+    assert "on the event loop" in "".join(onnx_server.lines)
+
+    server = start_server(
+        "--model-dir", str(digits_model_dir), "--keys-file", str(keys_file), "--inline-max-us", "0"
+    )
+    try:
+        with server.client() as c:
+            for _ in range(3):
+                r = c.post("/score", json={"data": digits_rows[:2]})
+                assert r.status_code == 200 and len(r.json()["label"]) == 2
+            calls = _model_calls(c.get("/metrics").text)
+    finally:
+        assert server.stop() == 0
+    assert calls == {"thread": 3, "inline": 0}
 
 
 def test_keys_primary_secondary_wrong_missing(onnx_server: Server, digits_rows: list[list[float]]) -> None:
