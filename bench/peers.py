@@ -61,6 +61,14 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant("ours-w2", "ours", "/score", "score", ("--workers", "2"), label="ours, 2 workers"),
         Variant(
+            "ours-thread",
+            "ours",
+            "/score",
+            "score",
+            ("--inline-max-us", "0"),
+            label="ours, every model call on the model thread",
+        ),
+        Variant(
             "ours-overload",
             "ours",
             "/score",

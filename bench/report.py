@@ -24,6 +24,7 @@ LABELS = {
     "inproc": "onnxruntime in process (limit)",
     "ours-collect": "ours, collection 100 %",
     "ours-w2": "ours, --workers 2",
+    "ours-thread": "ours, --inline-max-us 0 (every call on the model thread)",
     "ours-overload": "ours, --max-queue 32 --max-concurrent-requests 8",
 }
 ORDER = list(LABELS)
@@ -294,6 +295,24 @@ def _markdown(results: dict[str, Any], s: dict[Key, dict[str, Any]], png_name: s
             + ", ".join(f"{c['records']:,}" for c in collected)
             + " (covers warm-up and measured requests)."
         )
+    thread_concs = sorted(k[2] for k in s if k[:2] == ("digits", 1) and k[3] == "ours-thread")
+    if thread_concs:
+        parts = []
+        for c in thread_concs:
+            on, off = s.get(("digits", 1, c, "ours")), s[("digits", 1, c, "ours-thread")]
+            if on is None or not off["req_s"]:
+                continue
+            ratio = on["req_s"] / off["req_s"]
+            parts.append(
+                f"c{c}: {_fmt(on['req_s'])} vs {_fmt(off['req_s'])} req/s ({ratio:.2f}×), "
+                f"p50 {_ms(on['p50_ms'])} vs {_ms(off['p50_ms'])} ms, "
+                f"p99 {_ms(on['p99_ms'])} vs {_ms(off['p99_ms'])} ms, "
+                f"CPU {_fmt(on['cpu_us_per_req'])} vs {_fmt(off['cpu_us_per_req'])} µs/req"
+            )
+        lines.append(
+            "- Cheap calls on the event loop (the default, `--inline-max-us 100`) against every call "
+            "on the model thread (`--inline-max-us 0`), digits, 1 row: " + "; ".join(parts) + "."
+        )
     over = [r for r in results["records"] if r["variant"] == "ours-overload" and not r.get("error")]
     for r in over:
         trace = r.get("rss_trace_mib") or []
@@ -324,7 +343,7 @@ def _markdown(results: dict[str, Any], s: dict[Key, dict[str, Any]], png_name: s
         "Run it on a quiet machine.",
         "- `.venv/bin/python bench/run.py --quick`: a 2-minute smoke run. Other flags: `--peers "
         "ours,mlflow,azureml,inproc`, `--duration S`, `--warmup S`, `--reps N`, `--concurrency 1,16,64`, "
-        "`--rows 1,32`, `--scenarios compute,overload,collect,workers|none`, `--no-report`.",
+        "`--rows 1,32`, `--scenarios compute,overload,collect,workers,thread|none`, `--no-report`.",
         "- `.venv/bin/python bench/report.py` re-renders this page from `.bench/results.json`.",
         "",
     ]
@@ -346,6 +365,7 @@ def _chart(s: dict[Key, dict[str, Any]], path: Path) -> None:
         "inproc": "#7f7f7f",
         "ours-collect": "#9467bd",
         "ours-w2": "#17becf",
+        "ours-thread": "#bcbd22",
     }
     rows_list = sorted({k[1] for k in s if k[0] == "digits" and k[3] in peers}) or [1]
     fig, axes = plt.subplots(2, len(rows_list) + 1, figsize=(5 * (len(rows_list) + 1), 8), squeeze=False)
@@ -379,10 +399,17 @@ def _chart(s: dict[Key, dict[str, Any]], path: Path) -> None:
     ax.set_title("wide MLP, 32 rows, c64: rows/s")
     ax.grid(axis="y", alpha=0.3)
     ax = axes[1][-1]
-    names = [p for p in ("ours", "ours-collect", "ours-w2") if _get(s, "digits", 1, 64, p, "req_s")]
+    names = [
+        p for p in ("ours", "ours-thread", "ours-collect", "ours-w2") if _get(s, "digits", 1, 64, p, "req_s")
+    ]
     values = [_get(s, "digits", 1, 64, p, "req_s") for p in names]
     ax.bar(range(len(names)), values, color=[colours[p] for p in names])
-    short = {"ours": "ours", "ours-collect": "collect 100 %", "ours-w2": "2 workers"}
+    short = {
+        "ours": "ours",
+        "ours-thread": "all on thread",
+        "ours-collect": "collect 100 %",
+        "ours-w2": "2 workers",
+    }
     ax.set_xticks(range(len(names)), [short[p] for p in names])
     ax.set_title("digits, 1 row, c64: req/s (variants of ours)")
     ax.grid(axis="y", alpha=0.3)

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_HOME = REPO / ".bench"
 HTTP_PEERS = ("ours", "mlflow", "azureml")
 ALL_PEERS = (*HTTP_PEERS, "inproc")
-SCENARIOS = ("compute", "overload", "collect", "workers")
+SCENARIOS = ("compute", "overload", "collect", "workers", "thread")
 OVERLOAD_CONNECTIONS = 512
 
 
@@ -140,6 +140,8 @@ def plan_groups(args: argparse.Namespace, peers: list[str]) -> list[dict[str, An
             if "inproc" in peers and first:  # in process has no concurrency: once per payload
                 variants.append("inproc")
             first = False
+            if rows == 1 and "ours" in peers and "thread" in args.scenarios:
+                variants.append("ours-thread")
             if rows == 1 and conc == 64 and "ours" in peers:
                 if "collect" in args.scenarios:
                     variants.append("ours-collect")
