@@ -363,6 +363,7 @@ class ScoringApp:
                 max_batch_delay_us=s.max_batch_delay_us,
                 on_batch=self.metrics.batch,
                 inline_rows=inline_rows,
+                inline_max_us=s.inline_max_us,
                 timeout=timeout,
                 sweep_seconds=sweep,
                 name="mlops-onnx",
