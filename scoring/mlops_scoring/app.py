@@ -307,6 +307,8 @@ class ScoringApp:
         await asyncio.to_thread(self._load)
         assert self._runner is not None
         self._runner.start(self._loop)
+        if self._onnx is not None and self._runner.inline_rows:
+            self._onnx.warm_up()  # the loop's thread will run calls: pay its first-call cost now
         if self.collector is None and self.settings.collect_sink:
             self.collector = self._build_collector()
         if self.collector is not None:
@@ -363,7 +365,6 @@ class ScoringApp:
                 max_batch_delay_us=s.max_batch_delay_us,
                 on_batch=self.metrics.batch,
                 inline_rows=inline_rows,
-                inline_max_us=s.inline_max_us,
                 timeout=timeout,
                 sweep_seconds=sweep,
                 name="mlops-onnx",

@@ -15,9 +15,9 @@ Where a batch runs depends on its cost:
   cheaper than the hand-off. Handing a batch to the thread and back costs two thread
   wake-ups, which on a small VM cost more CPU and latency than a small MLP's call (see the
   package README). An idle runner then dispatches on the next loop tick rather than at once,
-  so every request that arrived in the same tick shares one call. The estimate is checked
-  against every inline call's CPU time: a call that takes over twice ``inline_max_us``
-  (real inputs can cost more than the probe's zeros) halves the bound, down to zero.
+  so every request that arrived in the same tick shares one call. The bound is an estimate
+  from synthetic inputs: a model whose cost depends on the values it gets should be served
+  with ``--inline-max-us 0``.
 
 Deadlines cost nothing per request: one sweeper timer, armed only while jobs are
 outstanding, fails queued jobs past their deadline (503 ``queue_timeout``) and a running
@@ -70,8 +70,6 @@ class Runner:
     :param max_batch_delay_us: how long an idle runner waits for a batch to fill
     :param on_batch: told each batch's job and row counts and whether it ran inline (metrics)
     :param inline_rows: batches of at most this many rows run on the loop (0: never)
-    :param inline_max_us: the budget ``inline_rows`` was chosen for; an inline call using over
-        twice this much CPU halves ``inline_rows``
     :param timeout: seconds a model call may run before its callers get a 504
     :param sweep_seconds: how often outstanding jobs are checked against their deadlines
     """
@@ -85,7 +83,6 @@ class Runner:
         max_batch_delay_us: int = 0,
         on_batch: Callable[[int, int, bool], None] | None = None,
         inline_rows: int = 0,
-        inline_max_us: float = 100.0,
         timeout: float = 60.0,
         sweep_seconds: float = 0.02,
         name: str = "mlops-runner",
@@ -98,7 +95,6 @@ class Runner:
         self._delay = max_batch_delay_us / 1e6
         self._on_batch = on_batch
         self._inline_rows = inline_rows if batch_call is not None else min(inline_rows, 1)
-        self._inline_limit = 2 * inline_max_us / 1e6
         self._timeout = timeout
         self._sweep_every = sweep_seconds
         #: told the reason of every job the runner turns away (``queue_timeout``)
@@ -195,7 +191,7 @@ class Runner:
             return
         self._busy = True
         if rows <= self._inline_rows:
-            self._run_inline(batch, rows)
+            self._run_inline(batch)
             return
         self._running = batch
         self._jobs.put(batch)
@@ -205,24 +201,13 @@ class Runner:
         """Return the most rows a batch may have to run on the loop (0: none)."""
         return self._inline_rows
 
-    def _run_inline(self, batch: list[Job], rows: int) -> None:
+    def _run_inline(self, batch: list[Job]) -> None:
         """Run a cheap batch here, on the loop thread, and deliver its results at once."""
-        cpu = time.thread_time()  # CPU, not wall time: a preempted call is not a slow one
         try:
             results = self._run(batch)
             error: BaseException | None = None
         except Exception as e:
             results, error = [], e
-        cpu = time.thread_time() - cpu
-        if cpu > self._inline_limit and rows <= self._inline_rows:
-            self._inline_rows = rows // 2
-            log.warning(
-                "A %d-row model call on the event loop used %.0f µs of CPU, over twice the estimate's "
-                "budget; calls of more than %d row(s) now run on the model thread",
-                rows,
-                cpu * 1e6,
-                self._inline_rows,
-            )
         self._deliver(batch, results, error, inline=True)
 
     def _run(self, batch: list[Job]) -> list[Any]:

@@ -121,6 +121,7 @@ class OnnxModel:
         self.threads = 1 if threads == 0 else threads
         #: measured cost of a call on one row (µs), None if unknown (set by the probe)
         self.one_row_us: float | None = None
+        self._one_row_feeds: dict[str, np.ndarray] | None = None
         #: measured cost of one row (µs, from a batch of :data:`PROBE_ROWS`), None if unknown
         self.row_cost_us = self._probe()
         cores = available_cores()
@@ -162,6 +163,7 @@ class OnnxModel:
             feeds[spec.name] = np.zeros(shape, dtype=dtype)
         rows = PROBE_ROWS if self.batchable else 1
         single = {name: value[:1] for name, value in feeds.items()} if self.batchable else feeds
+        self._one_row_feeds = single
         try:
             self._session.run(self.output_names, feeds)  # warm-up: first calls allocate
             self.one_row_us = _best_of_three(lambda: self._session.run(self.output_names, single))
@@ -170,6 +172,11 @@ class OnnxModel:
             self.one_row_us = None
             return None
         return batch / rows
+
+    def warm_up(self) -> None:
+        """Run one synthetic call on the calling thread (onnxruntime's first call per thread is slow)."""
+        if self._one_row_feeds is not None:
+            self._session.run(self.output_names, self._one_row_feeds)
 
     def call_cost_us(self, rows: int) -> float | None:
         """Return the estimated cost of one call on ``rows`` rows (µs), None if unknown."""

@@ -169,33 +169,3 @@ class FakeModel:
 )
 def test_inline_rows_follow_the_measured_cost(model: FakeModel, budget: int, expected: int) -> None:
     assert _inline_rows(model, budget, 64) == expected  # type: ignore[arg-type]
-
-
-def test_an_inline_call_over_its_budget_halves_the_bound() -> None:
-    def burn(feeds: dict[str, np.ndarray]) -> dict[str, Any]:
-        spent = time.thread_time()
-        while time.thread_time() - spent < 0.005:  # 5 ms of CPU against a 100 µs budget
-            pass
-        return {"y": feeds["x"]}
-
-    seen: list[tuple[int, int, bool]] = []
-    runner = Runner(
-        batch_call=stack_and_split(burn),
-        max_batch_size=64,
-        on_batch=lambda jobs, rows, inline: seen.append((jobs, rows, inline)),
-        inline_rows=8,
-        inline_max_us=100,
-    )
-
-    async def main() -> None:
-        runner.start(asyncio.get_running_loop())
-        await submit_all(runner, [2, 2])  # 4 rows inline, too slow: the bound drops to 2
-        await submit_all(runner, [3])  # now over the bound: the thread
-        await submit_all(runner, [2])  # inline again, too slow: 1
-        await submit_all(runner, [1])  # inline, too slow: 0, nothing inline any more
-        await submit_all(runner, [1])
-
-    asyncio.run(main())
-    runner.stop()
-    assert [inline for *_, inline in seen] == [True, False, True, True, False]
-    assert runner.inline_rows == 0
