@@ -591,7 +591,7 @@ class ScoringApp:
 
 def _inline_rows(model: OnnxModel, budget_us: int, max_rows: int) -> int:
     """Return the most rows whose estimated call cost fits ``budget_us`` (0: none, or unknown)."""
-    if budget_us <= 0:
+    if budget_us <= 0 or model.threads > 1:  # several intra-op threads: compute-bound
         return 0
     one, per_row = model.one_row_us, model.row_cost_us
     if one is None or per_row is None or one > budget_us:

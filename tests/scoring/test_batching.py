@@ -152,8 +152,10 @@ def test_each_caller_gets_its_own_rows_in_order_across_both_paths() -> None:
 
 
 class FakeModel:
-    def __init__(self, one: float | None, per_row: float | None, batchable: bool = True) -> None:
-        self.one_row_us, self.row_cost_us, self.batchable = one, per_row, batchable
+    def __init__(
+        self, one: float | None, per_row: float | None, batchable: bool = True, threads: int = 1
+    ) -> None:
+        self.one_row_us, self.row_cost_us, self.batchable, self.threads = one, per_row, batchable, threads
 
 
 @pytest.mark.parametrize(
@@ -165,6 +167,7 @@ class FakeModel:
         (FakeModel(20, 4, batchable=False), 100, 1),
         (FakeModel(None, None), 100, 0),  # cost unknown: never inline
         (FakeModel(1, 0.001), 100, 64),  # capped at the batch size
+        (FakeModel(20, 4, threads=2), 100, 0),  # compute-bound: always the thread
     ],
 )
 def test_inline_rows_follow_the_measured_cost(model: FakeModel, budget: int, expected: int) -> None:
