@@ -143,7 +143,7 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
 
 def _numbers(value: Any, spec: TensorSpec, dtype: Any) -> np.ndarray:
     try:
-        if np.issubdtype(dtype, np.integer) or dtype is np.bool_:
+        if spec.integral:
             raw = np.asarray(value)
             if raw.dtype.kind not in "biuf" and raw.size:
                 raise TypeError(raw.dtype)
@@ -207,8 +207,10 @@ def _check_shape(arr: np.ndarray, spec: TensorSpec) -> None:
             f"input {spec.name!r} must be {spec.shape_text()} ({len(spec.shape)}-D), "
             f"got {arr.ndim}-D {list(arr.shape)}"
         )
-    for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
-        if isinstance(want, int) and want != got:
+    shape = arr.shape
+    for axis, want in spec.fixed:
+        if shape[axis] != want:
             raise InvalidShape(
-                f"input {spec.name!r} must be {spec.shape_text()}: dimension {axis} is {got}, expected {want}"
+                f"input {spec.name!r} must be {spec.shape_text()}: dimension {axis} is {shape[axis]}, "
+                f"expected {want}"
             )

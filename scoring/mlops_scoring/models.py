@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,6 +54,21 @@ class TensorSpec:
     name: str
     type: str
     shape: tuple[int | str | None, ...]
+    #: whether values must be whole numbers (integer and bool types); set from ``type``
+    integral: bool = field(init=False, repr=False, compare=False)
+    #: ``(axis, size)`` of every fixed dimension, for the per-request shape check
+    fixed: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        dtype = ORT_DTYPES.get(self.type)
+        integral = (
+            dtype is not None
+            and dtype is not np.object_
+            and (np.issubdtype(dtype, np.integer) or dtype is np.bool_)
+        )
+        object.__setattr__(self, "integral", integral)
+        fixed = tuple((axis, d) for axis, d in enumerate(self.shape) if isinstance(d, int))
+        object.__setattr__(self, "fixed", fixed)
 
     @property
     def dtype(self) -> Any:
