@@ -115,11 +115,6 @@ class Runner:
         """Return how many jobs wait for the thread."""
         return len(self._pending)
 
-    @property
-    def idle(self) -> bool:
-        """Return whether the thread is free and nothing waits for it."""
-        return not self._busy and not self._pending
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the worker thread; results are delivered on ``loop``."""
         self._loop = loop

@@ -142,7 +142,7 @@ class Metrics:
             f"# HELP {p}batch_size_rows Rows per model call.",
             f"# TYPE {p}batch_size_rows histogram",
             *self.batch_rows.lines(f"{p}batch_size_rows"),
-            f"# HELP {p}model_calls_total Model calls by where they ran: thread, or inline (lone, cheap).",
+            f"# HELP {p}model_calls_total Model calls by where they ran: model thread or event loop.",
             f"# TYPE {p}model_calls_total counter",
             *(f'{p}model_calls_total{{where="{k}"}} {n}' for k, n in self.calls.items()),
             f"# HELP {p}queue_depth Requests waiting for a slot or for the model.",

@@ -193,12 +193,6 @@ class OnnxModel:
         if self._one_row_feeds is not None:
             self._session.run(self.output_names, self._one_row_feeds)
 
-    def call_cost_us(self, rows: int) -> float | None:
-        """Return the estimated cost of one call on ``rows`` rows (µs), None if unknown."""
-        if self.one_row_us is None or self.row_cost_us is None:
-            return None
-        return self.one_row_us + (rows - 1) * self.row_cost_us
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Run the graph on ``feeds`` and return the outputs by name (thread-safe)."""
         results = self._session.run(self.output_names, dict(feeds))

@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inline-max-us",
         type=_positive_int,
-        help="a lone request whose model call is estimated under this many µs runs it on the "
-        "event loop instead of handing it to the model thread; 0 never does (100)",
+        help="a model call (one batch) estimated under this many µs runs on the event loop "
+        "instead of the model thread; 0: every call on the thread (100)",
     )
     p.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (10 MiB)")
     p.add_argument("--collect-sink", help="folder, file:// URL or azureblob://<container>/<prefix>")
